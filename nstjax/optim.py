@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from nstjax import objective
@@ -143,15 +144,15 @@ class ChunkRunner:
         self.compile_seconds = time.perf_counter() - t0
 
     def __call__(self, state: dict, n_steps: int, ctx: dict):
-        """Runs ``n_steps`` steps; returns (state, losses_4xN as a device array)."""
+        """Runs ``n_steps`` steps; returns (state, losses as a 4 x n_steps numpy array)."""
         if self.loop == "device":
             state, rec = self._compiled(state, jnp.int32(n_steps), ctx)
-            return state, rec[:, :n_steps]
+            return state, np.asarray(rec)[:, :n_steps]
         records = []
-        for _ in range(n_steps):
+        for _ in range(n_steps):  # dispatched asynchronously; no sync until np.asarray below
             state, rec = self._compiled(state, ctx)
             records.append(rec)
-        return state, jnp.stack(records, axis=1)
+        return state, np.stack([np.asarray(r) for r in records], axis=1)
 
 
 def final_losses(obj: objective.Spec, image, ctx) -> jax.Array:

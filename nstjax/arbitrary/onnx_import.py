@@ -77,7 +77,7 @@ _NORM_POINTS = {
 
 def _onnx() -> Any:
     try:
-        import onnx
+        import onnx  # noqa: PLC0415  (optional extra, needed only to convert)
     except ImportError:
         raise UsageError(_ONNX_MISSING) from None
     return onnx
@@ -86,7 +86,7 @@ def _onnx() -> Any:
 def load_model(path: str | os.PathLike) -> Any:
     """Reads an ONNX file into an ``onnx.ModelProto``. Raises UsageError."""
     onnx = _onnx()
-    from google.protobuf.message import DecodeError
+    from google.protobuf.message import DecodeError  # noqa: PLC0415  (comes with onnx)
 
     try:
         return onnx.load(os.fspath(path))
@@ -95,17 +95,14 @@ def load_model(path: str | os.PathLike) -> Any:
 
 
 def _initializers(model: Any) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    to_array = _onnx().numpy_helper.to_array
+    return {t.name: to_array(t) for t in model.graph.initializer}
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
-    from onnx import helper
-
     for a in node.attribute:
         if a.name == name:
-            return helper.get_attribute_value(a)
+            return _onnx().helper.get_attribute_value(a)
     return default
 
 

@@ -1,0 +1,91 @@
+"""Image decoding: modes, bit depths, EXIF orientation, resizing, atomic saves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nstjax import image
+from nstjax.errors import NstError, UsageError
+
+
+def _save(img: Image.Image, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "I;16", "RGB"])
+def test_modes_become_rgb(tmp_path, mode):
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[:, :4] = (200, 100, 50)
+    src = Image.fromarray(rgb)
+    if mode == "I;16":
+        arr = (np.asarray(src.convert("L"), np.uint16) * 257)
+        img = Image.fromarray(arr)
+        assert img.mode.startswith("I;16")
+        path = _save(img, tmp_path / "x16.png")
+    else:
+        img = src.convert(mode)
+        path = _save(img, tmp_path / ("x.tif" if mode == "CMYK" else "x.png"))
+    out = image.load(path)
+    assert out.shape == (6, 8, 3) and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 255
+    if mode == "I;16":  # 16-bit is scaled to 8-bit, not clipped
+        gray = np.asarray(src.convert("L"), np.float32)
+        np.testing.assert_allclose(out[..., 0], gray, atol=1)
+
+
+def test_transparency_composited_on_white(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)  # fully transparent black
+    path = _save(Image.fromarray(rgba, "RGBA"), tmp_path / "t.png")
+    np.testing.assert_array_equal(image.load(path), 255.0)
+
+
+def test_exif_orientation(tmp_path):
+    arr = np.zeros((4, 8, 3), np.uint8)
+    arr[:, :4] = 255  # left half white
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = tmp_path / "rot.jpg"
+    img.save(path, exif=exif, quality=100)
+    out = image.load(path)
+    assert out.shape == (8, 4, 3)
+    assert out[:2].mean() > 200 and out[-2:].mean() < 50  # white half is now on top
+
+
+def test_resize_long_side(images):
+    assert image.load(images / "tubingen.jpg", long_side=256).shape == (192, 256, 3)
+    assert image.load(images / "the_scream.jpg", long_side=100).shape == (100, 79, 3)
+
+
+def test_missing_and_corrupt(tmp_path):
+    with pytest.raises(UsageError, match="image not found"):
+        image.load(tmp_path / "nope.png")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(UsageError, match="cannot read image"):
+        image.load(bad)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    out = tmp_path / "o.png"
+    image.save(out, np.zeros((3, 3, 3)))
+    before = out.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(NstError, match="No space left"):
+        image.save(out, np.full((3, 3, 3), 255.0))
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+
+
+def test_output_checks(tmp_path):
+    with pytest.raises(UsageError, match="unknown image suffix"):
+        image.check_output(tmp_path / "x.xyz")
+    with pytest.raises(UsageError, match="does not exist"):
+        image.check_output(tmp_path / "no" / "x.png")
