@@ -57,22 +57,22 @@ def toom_cook(points: Sequence[float], m: int, r: int = 3) -> tuple[Matrix, Matr
             denominator *= p - q if j != i else 1
         g.append([p**k / denominator for k in range(r)])
     g.append([Fraction(k == r - 1) for k in range(r)])
-    # Unknown B^T[i, l]: for all k, j, l, sum_i A^T[k, i] G[i, j] B^T[i, l] = [l == k + j].
+    # Unknown B^T[i, q]: for all k, j, q, sum_i A^T[k, i] G[i, j] B^T[i, q] = [q == k + j].
     # Solved in float64, snapped to small rationals and checked exactly.
     system = np.zeros((m, r, n, n, n))
     rhs = np.zeros((m, r, n))
     for k in range(m):
         for j in range(r):
             rhs[k, j, k + j] = 1.0
-            for l in range(n):
-                system[k, j, l, :, l] = [float(at[k][i] * g[i][j]) for i in range(n)]
+            for q in range(n):
+                system[k, j, q, :, q] = [float(at[k][i] * g[i][j]) for i in range(n)]
     solution = np.linalg.lstsq(system.reshape(-1, n * n), rhs.ravel(), rcond=None)[0]
     bt = [[Fraction(float(v)).limit_denominator(1 << 12) for v in solution[i * n: i * n + n]]
           for i in range(n)]
     for k in range(m):
         for j in range(r):
-            for l in range(n):
-                if sum(at[k][i] * g[i][j] * bt[i][l] for i in range(n)) != (l == k + j):
+            for q in range(n):
+                if sum(at[k][i] * g[i][j] * bt[i][q] for i in range(n)) != (q == k + j):
                     raise ValueError(f"no Winograd transform for points {points}")
 
     def as_tuple(a):
@@ -130,25 +130,65 @@ def kernel_transform(kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
     return jnp.stack([t for row in _transform_2d(g, grid) for t in row])
 
 
-def conv_winograd(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
-    """Winograd F(m x m, 3 x 3) 'SAME' convolution; any H and W (padded to tiles, cropped)."""
+def _tiles(x: jax.Array, axis: int, count: int, m: int, n: int) -> jax.Array:
+    """``count`` overlapping windows of size ``n`` at stride ``m`` along ``axis``, as a new
+    axis of size ``n`` after it (``x`` has ``(count + 1) m`` entries along ``axis``)."""
+    shape = x.shape
+
+    def blocks(start: int) -> jax.Array:
+        part = jax.lax.slice_in_dim(x, start, start + count * m, axis=axis)
+        return part.reshape(shape[:axis] + (count, m) + shape[axis + 1:])
+
+    overlap = jax.lax.slice_in_dim(blocks(m), 0, n - m, axis=axis + 1)
+    return jnp.concatenate([blocks(0), overlap], axis=axis + 1)
+
+
+def _winograd_forward(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
     at, _, bt = winograd_matrices(m)
     n = m + 2
     b, h, w, c = x_BxHxWxC.shape
     o = kernel_3x3xCxO.shape[-1]
     th, tw = -(-h // m), -(-w // m)
-    x = jnp.pad(x_BxHxWxC, ((0, 0), (1, th * m - h + 1), (1, tw * m - w + 1), (0, 0)))
-    # Tile (i, j) starts at (i m, j m); its pixel (a, b) for all tiles is a strided slice.
-    grid = [[x[:, a: a + (th - 1) * m + 1: m, d: d + (tw - 1) * m + 1: m] for d in range(n)]
-            for a in range(n)]
+    x = jnp.pad(x_BxHxWxC, ((0, 0), (1, (th + 1) * m - h - 1), (1, (tw + 1) * m - w - 1),
+                            (0, 0)))
+    tiles = _tiles(_tiles(x, 1, th, m, n), 3, tw, m, n)  # B, th, n, tw, n, C
+    grid = [[tiles[:, :, i, :, j] for j in range(n)] for i in range(n)]
     v_TxPxC = jnp.stack([t for row in _transform_2d(bt, grid) for t in row])
     v_TxPxC = v_TxPxC.reshape(n * n, b * th * tw, c)
     u_TxCxO = kernel_transform(kernel_3x3xCxO, m)
-    prod_TxPxO = jnp.einsum("tpc,tco->tpo", v_TxPxC, u_TxCxO)
-    prod = prod_TxPxO.reshape(n, n, b, th, tw, o)
-    y = _transform_2d(at, [[prod[u, v] for v in range(n)] for u in range(n)])
-    y = jnp.stack([jnp.stack(row, axis=3) for row in y], axis=2)  # b, th, m, tw, m, o
+    prod = jnp.einsum("tpc,tco->tpo", v_TxPxC, u_TxCxO).reshape(n, n, b, th, tw, o)
+    y = _transform_2d(at, [[prod[i, j] for j in range(n)] for i in range(n)])
+    y = jnp.stack([jnp.stack(row, axis=3) for row in y], axis=2)  # B, th, m, tw, m, O
     return y.reshape(b, th * m, tw * m, o)[:, :h, :w]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_winograd(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
+    """Winograd F(m x m, 3 x 3) 'SAME' convolution; any H and W (padded to tiles, cropped).
+
+    The input gradient of a stride-1 'SAME' 3x3 convolution is the same convolution
+    with the kernel rotated by 180 degrees and its channel axes swapped, so the
+    backward pass is Winograd too (a custom VJP: autodiff through the transforms'
+    slices and stacks compiles slowly and runs slowly on XLA CPU). The kernel
+    gradient, rarely wanted here, is XLA's; unused, it is dead code under jit.
+    Forward-mode differentiation (jvp) is not supported.
+    """
+    return _winograd_forward(x_BxHxWxC, kernel_3x3xCxO, m)
+
+
+def _winograd_fwd(x_BxHxWxC, kernel_3x3xCxO, m):
+    return _winograd_forward(x_BxHxWxC, kernel_3x3xCxO, m), (x_BxHxWxC, kernel_3x3xCxO)
+
+
+def _winograd_bwd(m, residuals, dy_BxHxWxO):
+    x_BxHxWxC, kernel_3x3xCxO = residuals
+    flipped_3x3xOxC = jnp.flip(kernel_3x3xCxO, (0, 1)).swapaxes(2, 3)
+    dx = _winograd_forward(dy_BxHxWxO, flipped_3x3xOxC, m)
+    _, kernel_vjp = jax.vjp(lambda k: conv_xla(x_BxHxWxC, k), kernel_3x3xCxO)
+    return dx, kernel_vjp(dy_BxHxWxO)[0]
+
+
+conv_winograd.defvjp(_winograd_fwd, _winograd_bwd)
 
 
 MIN_WINOGRAD_CHANNELS = 16

@@ -95,7 +95,7 @@ def prepare(settings: Settings, content: ImageLike, styles: Sequence[ImageLike],
     return Problem(settings, spec, opt, ctx, init[None], weights.info)
 
 
-def _chunk_plan(steps: int, chunk: int, save_every: int) -> list[int]:
+def chunk_plan(steps: int, chunk: int, save_every: int) -> list[int]:
     """Steps per chunk; chunks end at every save point."""
     plan, done = [], 0
     while done < steps:
@@ -118,7 +118,7 @@ def optimize(problem: Problem, on_chunk: Callable[[int, np.ndarray, dict], None]
                                problem.ctx)
     history = np.zeros((optim.N_RECORDED, 0), np.float32)
     t_run = time.perf_counter()
-    for n in _chunk_plan(s.steps, s.chunk_size, s.save_every):
+    for n in chunk_plan(s.steps, s.chunk_size, s.save_every):
         state, rec = runner(state, n, problem.ctx)
         rec = np.asarray(rec)
         history = np.concatenate([history, rec], axis=1)
@@ -128,7 +128,7 @@ def optimize(problem: Problem, on_chunk: Callable[[int, np.ndarray, dict], None]
                            "smaller loss weights")
         if on_chunk is not None:
             on_chunk(int(history.shape[1]), rec, state)
-    final = optim.final_losses_jit(problem.spec, state["image"], problem.ctx)
+    final = optim.final_losses_jit(problem.spec, False, state["image"], problem.ctx)
     final = np.asarray(final)
     if not np.all(np.isfinite(final)):
         raise NstError("the loss at the final image is non-finite; try a smaller --lr")

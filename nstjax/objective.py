@@ -76,14 +76,22 @@ def _features(spec: Spec, vgg_params, pixels_BxHxWx3, layers):
                         spec.pooling, conv_impl=spec.conv_impl)
 
 
+def _mean_grams(spec: Spec, vgg_params, pixels_BxHxWx3, layers):
+    feats = _features(spec, vgg_params, pixels_BxHxWx3, layers)
+    return {k: losses.gram(f) / (f.shape[1] * f.shape[2]) for k, f in feats.items()}
+
+
 # Targets are computed once per run, compiled (op-by-op VGG would be slow).
 _features_jit = jax.jit(_features, static_argnums=(0, 3))
+_mean_grams_jit = jax.jit(_mean_grams, static_argnums=(0, 3))
 
 
 def content_targets(spec: Spec, vgg_params, content_HxWx3) -> dict:
+    """Content features ``{layer: 1xHxWxC}``."""
     if not spec.content_layers:
         return {}
-    return _features_jit(spec, vgg_params, jnp.asarray(content_HxWx3)[None], spec.content_layers)
+    x = np.asarray(content_HxWx3, np.float32)[None]
+    return _features_jit(spec, vgg_params, x, spec.content_layers)
 
 
 def style_targets(spec: Spec, vgg_params, styles: Sequence, blend: Sequence[float],
@@ -93,19 +101,18 @@ def style_targets(spec: Spec, vgg_params, styles: Sequence, blend: Sequence[floa
     A Gram sums over positions, so a style image of M_s positions gives Grams M_s/M
     times those of an M-position image with the same statistics; each target is
     rescaled by M/M_s so that style images of any size compare with the output.
+    Blending happens on the host (small CxC arrays), so it compiles nothing.
     """
     if not spec.style_layers:
         return {}
-    m_out = {}
-    for layer in spec.style_layers:
-        f = 2 ** vgg.downsampling(layer)
-        m_out[layer] = (content_hw[0] // f) * (content_hw[1] // f)
-    total = {}
+    total: dict = {}
     for style, w in zip(styles, blend, strict=True):
-        feats = _features_jit(spec, vgg_params, jnp.asarray(style)[None], spec.style_layers)
-        for layer, feat in feats.items():
-            m_s = feat.shape[1] * feat.shape[2]
-            g = losses.gram(feat) * (w * m_out[layer] / m_s)
+        x = np.asarray(style, np.float32)[None]
+        grams = _mean_grams_jit(spec, vgg_params, x, spec.style_layers)
+        for layer, g in grams.items():
+            f = 2 ** vgg.downsampling(layer)
+            m_out = (content_hw[0] // f) * (content_hw[1] // f)
+            g = np.asarray(g, np.float32) * np.float32(w * m_out)
             total[layer] = g if layer not in total else total[layer] + g
     return total
 

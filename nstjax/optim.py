@@ -72,6 +72,13 @@ def init_state(opt: OptimizerSpec, image_BxHxWx3: jax.Array) -> dict:
     return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
 
 
+def init_states(opt: OptimizerSpec, images_RxBxHxWx3: jax.Array) -> dict:
+    """:func:`init_state` for a leading runs axis (sharding follows the input's)."""
+    return jax.vmap(lambda im: init_state(opt, im))(images_RxBxHxWx3)
+
+
+init_states_jit = jax.jit(init_states, static_argnums=(0,))
+
 N_RECORDED = 4  # total, content, style, tv
 
 
@@ -88,26 +95,38 @@ def step(obj: objective.Spec, opt: OptimizerSpec, state: dict, ctx: dict):
     return {"image": image, "opt": opt_state, "step": state["step"] + 1}, record
 
 
-def run_chunk(obj: objective.Spec, opt: OptimizerSpec, chunk_size: int, state: dict,
-              n_steps: jax.Array, ctx: dict):
-    """Runs ``n_steps <= chunk_size`` steps; returns (state, losses_4xK).
+def any_step(obj: objective.Spec, opt: OptimizerSpec, batched: bool, state: dict, ctx: dict):
+    """:func:`step`, or with ``batched`` its ``vmap`` over a leading "runs" axis.
 
-    Column i of the losses holds step i's total, content, style and TV loss (evaluated
-    at the iterate before the update); unused columns are NaN.
+    Batched, ``ctx`` is ``{"vgg": params (shared), "runs": {targets, weights, lr}}``
+    with a leading runs axis on every leaf of ``runs`` and of ``state``.
+    """
+    if not batched:
+        return step(obj, opt, state, ctx)
+    return jax.vmap(lambda s, r: step(obj, opt, s, {"vgg": ctx["vgg"], **r}))(state, ctx["runs"])
+
+
+def run_chunk(obj: objective.Spec, opt: OptimizerSpec, batched: bool, chunk_size: int,
+              state: dict, n_steps: jax.Array, ctx: dict):
+    """Runs ``n_steps <= chunk_size`` steps in one program; returns (state, losses).
+
+    ``losses[i]`` holds step i's total, content, style and TV loss (evaluated at the
+    iterate before the update; a leading runs axis when batched); unused rows are NaN.
     """
 
     def body(i, carry):
         state, rec = carry
-        state, losses = step(obj, opt, state, ctx)
-        return state, rec.at[:, i].set(losses)
+        state, losses = any_step(obj, opt, batched, state, ctx)
+        return state, rec.at[i].set(losses)
 
-    rec = jnp.full((N_RECORDED, chunk_size), jnp.nan, jnp.float32)
+    lead = jax.tree.leaves(state["step"])[0].shape
+    rec = jnp.full((chunk_size, *lead, N_RECORDED), jnp.nan, jnp.float32)
     return jax.lax.fori_loop(0, jnp.minimum(n_steps, chunk_size), body, (state, rec))
 
 
-# Specs and the chunk size are static; the state is donated (updated in place).
-run_chunk_jit = jax.jit(run_chunk, static_argnums=(0, 1, 2), donate_argnums=(3,))
-step_jit = jax.jit(step, static_argnums=(0, 1), donate_argnums=(2,))
+# Specs, the batching flag and the chunk size are static; the state is donated.
+run_chunk_jit = jax.jit(run_chunk, static_argnums=(0, 1, 2, 3), donate_argnums=(4,))
+step_jit = jax.jit(any_step, static_argnums=(0, 1, 2), donate_argnums=(3,))
 
 LOOPS = ("auto", "device", "host")
 
@@ -131,33 +150,43 @@ class ChunkRunner:
     """Compiles once, then runs chunks of steps; ``compile_seconds`` is measured."""
 
     def __init__(self, obj: objective.Spec, opt: OptimizerSpec, chunk_size: int, loop: str,
-                 state: dict, ctx: dict):
-
-        self.obj, self.opt, self.chunk_size = obj, opt, chunk_size
+                 state: dict, ctx: dict, batched: bool = False):
         self.loop = resolve_loop(loop)
         t0 = time.perf_counter()
         if self.loop == "device":
-            self._compiled = run_chunk_jit.lower(obj, opt, chunk_size, state, jnp.int32(0),
-                                                 ctx).compile()
+            self._compiled = run_chunk_jit.lower(obj, opt, batched, chunk_size, state,
+                                                 jnp.int32(0), ctx).compile()
         else:
-            self._compiled = step_jit.lower(obj, opt, state, ctx).compile()
+            self._compiled = step_jit.lower(obj, opt, batched, state, ctx).compile()
         self.compile_seconds = time.perf_counter() - t0
 
     def __call__(self, state: dict, n_steps: int, ctx: dict):
-        """Runs ``n_steps`` steps; returns (state, losses as a 4 x n_steps numpy array)."""
+        """Runs ``n_steps`` steps; returns (state, losses as a numpy array).
+
+        The losses have shape ``(4, n_steps)``, or ``(runs, 4, n_steps)`` when batched.
+        """
         if self.loop == "device":
             state, rec = self._compiled(state, jnp.int32(n_steps), ctx)
-            return state, np.asarray(rec)[:, :n_steps]
-        records = []
-        for _ in range(n_steps):  # dispatched asynchronously; no sync until np.asarray below
-            state, rec = self._compiled(state, ctx)
-            records.append(rec)
-        return state, np.stack([np.asarray(r) for r in records], axis=1)
+            rec = np.asarray(rec)[:n_steps]
+        else:
+            records = []
+            for _ in range(n_steps):  # dispatched asynchronously; no sync until np.asarray
+                state, r = self._compiled(state, ctx)
+                records.append(r)
+            rec = np.stack([np.asarray(r) for r in records])
+        return state, np.moveaxis(rec, 0, -1)
 
 
-def final_losses(obj: objective.Spec, image, ctx) -> jax.Array:
-    total, parts = objective.loss(obj, image, ctx["vgg"], ctx["targets"], ctx["weights"])
-    return jnp.stack([total, parts["content_loss"], parts["style_loss"], parts["tv_loss"]])
+def final_losses(obj: objective.Spec, batched: bool, image, ctx) -> jax.Array:
+    """Losses at ``image`` (no step): shape (4,), or (runs, 4) when batched."""
+
+    def one(image, c):
+        total, parts = objective.loss(obj, image, c["vgg"], c["targets"], c["weights"])
+        return jnp.stack([total, parts["content_loss"], parts["style_loss"], parts["tv_loss"]])
+
+    if not batched:
+        return one(image, ctx)
+    return jax.vmap(lambda im, r: one(im, {"vgg": ctx["vgg"], **r}))(image, ctx["runs"])
 
 
-final_losses_jit = jax.jit(final_losses, static_argnums=(0,))
+final_losses_jit = jax.jit(final_losses, static_argnums=(0, 1))

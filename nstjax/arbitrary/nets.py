@@ -17,8 +17,15 @@ which :func:`nstjax.arbitrary.api.transfer` arranges. Images are float32 in
 [0, 1]; the output of the transformer is a sigmoid, so also in [0, 1].
 
 Parameter names follow the TensorFlow scopes of the original graph (see
-:mod:`nstjax.arbitrary.onnx_import`); :func:`param_shapes` lists
-every parameter's path and shape.
+:mod:`nstjax.arbitrary.onnx_import`); :func:`param_shapes` lists every
+parameter's path and shape. ``apply({"params": p}, ...)`` computes in float32;
+``apply({"params": p, "quant": q}, ...)`` also rounds the activations at every
+point where the int8 graph does (:func:`quant_points`), to compare with it.
+
+Some layers are computed in a rearranged but equivalent way that XLA runs
+much faster on CPU: depthwise convolutions as shifted multiply-adds, upsample
+plus convolution at the low resolution, large 3x3 convolutions in row bands
+(:class:`DepthwiseConv`, :func:`upsample_conv3`, :func:`conv`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,72 @@
+"""absl entry point for config files: ``python -m nstjax.main --config FILE[:ARG] --workdir DIR``.
+
+``--config.settings.steps=50``-style overrides work as usual with ml_collections'
+``config_flags``; ``nstjax run`` wraps the same function.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from nstjax.errors import UsageError
+
+_FLAGS = flags.FlagValues()
+config_flags.DEFINE_config_file("config", None, "Config file (with optional :ARG).",
+                                flag_values=_FLAGS, lock_config=True)
+flags.DEFINE_string("workdir", None, "Where outputs go.", flag_values=_FLAGS)
+flags.DEFINE_bool("overwrite", False, "Replace a different sweep already in --workdir.",
+                  flag_values=_FLAGS)
+flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=_FLAGS)
+
+
+def _parse(argv: Sequence[str]):
+    try:
+        _FLAGS.unparse_flags()
+        _FLAGS(list(argv))
+    except flags.Error as e:
+        raise UsageError(" ".join(str(e).split())) from None
+    except (FileNotFoundError, OSError) as e:
+        raise UsageError(f"cannot read config: {e}") from None
+    if _FLAGS["config"].value is None:
+        raise UsageError("--config is required (e.g. --config experiments/default.py)")
+    if not _FLAGS.workdir:
+        raise UsageError("--workdir is required")
+    return _FLAGS
+
+
+def run_from_flags(argv: Sequence[str]) -> int:
+    """Parses ``argv`` (argv[0] is the program name) and runs the sweep."""
+    from nstjax import runner, sweep  # noqa: PLC0415
+
+    fl = _parse(argv)
+    path = config_flags.get_config_filename(fl["config"])
+    arg = None
+    raw = fl["config"].serialize().split("=", 1)[-1]
+    if ":" in raw:
+        arg = raw.split(":", 1)[1] or None
+    summary = runner.run(fl.config, fl.workdir, sweep.load_sweep_fn(path), arg=arg,
+                         overwrite=fl.overwrite, progress=fl.progress)
+    print(f"{fl.workdir}: {summary['ran']} variants run, {summary['skipped']} already done, "
+          f"{summary['failed']} failed; {summary['groups']} groups, {summary['compiles']} "
+          f"compiles; {summary['seconds']:.1f} s", file=sys.stderr)
+    return 0
+
+
+def run_argv(argv: Sequence[str]) -> int:
+    """For ``nstjax run``: errors as one line and an exit code (see ``nstjax.cli``)."""
+    from nstjax.cli import guarded  # noqa: PLC0415
+
+    logging.set_verbosity(logging.WARNING)
+    return guarded(lambda: run_from_flags(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run_argv(list(sys.argv if argv is None else argv)))
+
+
+if __name__ == "__main__":
+    main()

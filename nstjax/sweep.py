@@ -1,0 +1,169 @@
+"""Sweeps: expand ``sweep(add)`` into variants, group them, run, resume, report.
+
+A config file defines ``get_config(arg=None)`` (a locked ConfigDict with
+``content``, ``styles``, ``settings`` — the fields of :class:`nstjax.Settings` —
+``batch_size``, ``grid``, ``tensorboard``) and ``sweep(add)``, which calls
+``add(**overrides)`` once per variant; overrides name Settings fields or
+``content``/``styles``. Variants that share the compiled program (same image
+shapes, layer sets, optimizer, steps) form a group and run batched.
+
+Workdir layout::
+
+    sweep.json                 the resolved config and variant list (resume check)
+    variants/<name>/image.png  config.json  metrics.json (written last: "done")
+    summary.csv  summary.json  contact_sheet.png  loss_curves.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import inspect
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from nstjax import atomic
+from nstjax.errors import UsageError
+from nstjax.settings import Settings
+
+IMAGE_KEYS = ("content", "styles")
+# Settings fields that shape the compiled program (besides the image shapes).
+STATIC_FIELDS = ("size", "content_layers", "style_layers", "pooling", "gram_norm", "optimizer",
+                 "memory_size", "steps", "chunk_size", "loop", "conv_impl", "weights",
+                 "weights_format", "save_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One run of a sweep."""
+
+    index: int
+    name: str
+    overrides: dict
+    settings: Settings
+    content: str
+    styles: tuple[str, ...]
+
+    def group_key(self) -> tuple:
+        return (self.content, *(getattr(self.settings, f) for f in STATIC_FIELDS))
+
+    def record(self) -> dict:
+        return {"name": self.name, "overrides": _jsonable(self.overrides),
+                "content": self.content, "styles": list(self.styles),
+                "settings": self.settings.as_dict()}
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def load_sweep_fn(config_path: str | Path) -> Callable | None:
+    """The ``sweep`` function beside ``get_config`` in a config file (or None)."""
+    path = Path(str(config_path).split(":", 1)[0])
+    spec = importlib.util.spec_from_file_location(f"nstjax_config_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"cannot import config file {str(path)!r}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, "sweep", None) if hasattr(module, "sweep") else None
+
+
+def expand(config, sweep_fn: Callable | None, arg: str | None = None) -> list[Variant]:
+    """Variants of a config: one per ``add(...)`` call, or the config alone."""
+    calls: list[dict] = []
+    if sweep_fn is not None:
+        params = inspect.signature(sweep_fn).parameters
+        if "arg" in params:
+            sweep_fn(lambda **kw: calls.append(kw), arg=arg)
+        else:
+            sweep_fn(lambda **kw: calls.append(kw))
+    if not calls:
+        calls = [{}]
+    base = config.settings.to_dict()
+    variants = []
+    width = max(3, len(str(len(calls) - 1)))
+    for i, overrides in enumerate(calls):
+        fields = {k: v for k, v in overrides.items() if k not in IMAGE_KEYS}
+        unknown = sorted(set(fields) - set(base))
+        if unknown:
+            raise UsageError(f"sweep variant {i} sets unknown fields {unknown}")
+        settings = Settings.from_mapping({**base, **fields})
+        content = str(overrides.get("content", config.content))
+        styles = overrides.get("styles", config.styles)
+        styles = (styles,) if isinstance(styles, str) else tuple(str(s) for s in styles)
+        for path in (content, *styles):
+            if not Path(path).is_file():
+                raise UsageError(f"sweep variant {i}: image not found: {path!r}")
+        variants.append(Variant(i, f"{i:0{width}d}", dict(overrides), settings, content, styles))
+    return variants
+
+
+def groups(variants: list[Variant]) -> list[list[Variant]]:
+    """Variants sharing one compiled program, in order of first appearance."""
+    by_key: dict[tuple, list[Variant]] = {}
+    for v in variants:
+        by_key.setdefault(v.group_key(), []).append(v)
+    return list(by_key.values())
+
+
+def fingerprint(config, variants: list[Variant]) -> dict:
+    record = {"config": _jsonable(config.to_dict()),
+              "variants": [v.record() for v in variants]}
+    text = json.dumps(record, sort_keys=True, default=str)
+    return {"sha256": hashlib.sha256(text.encode()).hexdigest(), **record}
+
+
+def prepare_workdir(workdir: Path, fp: dict, overwrite: bool) -> None:
+    """Creates the workdir, or checks that it holds this same sweep (resume)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stale in workdir.rglob(".*.tmp"):  # left by a killed run; never a finished file
+        stale.unlink(missing_ok=True)
+    existing = workdir / "sweep.json"
+    if existing.is_file():
+        try:
+            old = json.loads(existing.read_text())
+        except ValueError:
+            old = {}
+        if old.get("sha256") != fp["sha256"]:
+            if not overwrite:
+                changed = _first_difference(old, fp)
+                raise UsageError(f"workdir {str(workdir)!r} holds a different sweep "
+                                 f"({changed}); pass --overwrite to replace it or use a new "
+                                 "--workdir")
+            shutil.rmtree(workdir / "variants", ignore_errors=True)
+    atomic.write_json(existing, fp)
+
+
+def _first_difference(old: dict, new: dict, path: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if key == "sha256":
+                continue
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{path}.{key}".strip("."))
+        return "no difference found"
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            if a != b:
+                return _first_difference(a, b, f"{path}[{i}]")
+    return f"{path or 'config'} changed from {old!r} to {new!r}"[:200]
+
+
+def variant_dir(workdir: Path, v: Variant) -> Path:
+    return workdir / "variants" / v.name
+
+
+def is_done(workdir: Path, v: Variant) -> bool:
+    return (variant_dir(workdir, v) / "metrics.json").is_file()
+
+
+def mine(variants: list[Variant], process_index: int, process_count: int) -> list[Variant]:
+    """This process's share of the sweep (round robin), for multi-host runs."""
+    return [v for v in variants if v.index % process_count == process_index]
