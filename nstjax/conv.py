@@ -28,6 +28,8 @@ import numpy as np
 from nstjax.errors import UsageError
 
 Matrix = tuple[tuple[float, ...], ...]
+import os
+TRANSFORMS = os.environ.get("NSTJAX_WT", "elementwise")
 
 
 def conv_xla(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
@@ -126,6 +128,10 @@ def kernel_transform(kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
     next to the convolution itself.
     """
     _, g, _ = winograd_matrices(m)
+    if TRANSFORMS == "dot":
+        g = np.asarray(g, np.float32)
+        u = jnp.einsum("ua,vb,abco->uvco", g, g, kernel_3x3xCxO)
+        return u.reshape((m + 2) ** 2, *kernel_3x3xCxO.shape[2:])
     grid = [[kernel_3x3xCxO[a, b] for b in range(3)] for a in range(3)]
     return jnp.stack([t for row in _transform_2d(g, grid) for t in row])
 
@@ -152,13 +158,21 @@ def _winograd_forward(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, m: int) -
     x = jnp.pad(x_BxHxWxC, ((0, 0), (1, (th + 1) * m - h - 1), (1, (tw + 1) * m - w - 1),
                             (0, 0)))
     tiles = _tiles(_tiles(x, 1, th, m, n), 3, tw, m, n)  # B, th, n, tw, n, C
-    grid = [[tiles[:, :, i, :, j] for j in range(n)] for i in range(n)]
-    v_TxPxC = jnp.stack([t for row in _transform_2d(bt, grid) for t in row])
+    if TRANSFORMS == "dot":
+        bt = np.asarray(bt, np.float32)
+        v_TxPxC = jnp.einsum("ua,vb,Bhawbc->uvBhwc", bt, bt, tiles)
+    else:
+        grid = [[tiles[:, :, i, :, j] for j in range(n)] for i in range(n)]
+        v_TxPxC = jnp.stack([t for row in _transform_2d(bt, grid) for t in row])
     v_TxPxC = v_TxPxC.reshape(n * n, b * th * tw, c)
     u_TxCxO = kernel_transform(kernel_3x3xCxO, m)
     prod = jnp.einsum("tpc,tco->tpo", v_TxPxC, u_TxCxO).reshape(n, n, b, th, tw, o)
-    y = _transform_2d(at, [[prod[i, j] for j in range(n)] for i in range(n)])
-    y = jnp.stack([jnp.stack(row, axis=3) for row in y], axis=2)  # B, th, m, tw, m, O
+    if TRANSFORMS == "dot":
+        at = np.asarray(at, np.float32)
+        y = jnp.einsum("ku,lv,uvBhwo->Bhkwlo", at, at, prod)
+    else:
+        y = _transform_2d(at, [[prod[i, j] for j in range(n)] for i in range(n)])
+        y = jnp.stack([jnp.stack(row, axis=3) for row in y], axis=2)  # B, th, m, tw, m, O
     return y.reshape(b, th * m, tw * m, o)[:, :h, :w]
 
 

@@ -65,12 +65,17 @@ def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequenc
     return _load(Path(settings.init), size=(h, w))
 
 
-def prepare(settings: Settings, content: ImageLike, styles: Sequence[ImageLike],
-            weights: weights_api.Weights | None = None) -> Problem:
+def prepare(
+    settings: Settings,
+    content: ImageLike,
+    styles: Sequence[ImageLike],
+    weights: weights_api.Weights | None = None,
+) -> Problem:
     """Loads images and weights and computes the targets (once)."""
     if settings.init not in INITS and not Path(settings.init).is_file():
-        raise UsageError(f"--init must be one of {INITS} or an image file; "
-                         f"{settings.init!r} is neither")
+        raise UsageError(
+            f"--init must be one of {INITS} or an image file; {settings.init!r} is neither"
+        )
     blend = blend_weights(settings.style_blend, len(styles))
     content_img = _load(content, settings.size)
     style_side = max(1, round(settings.size * settings.style_scale))
@@ -78,19 +83,35 @@ def prepare(settings: Settings, content: ImageLike, styles: Sequence[ImageLike],
     init = initial_image(settings, content_img, style_imgs)
     if weights is None:
         weights = weights_api.load(settings.weights, settings.weights_format)
-    spec = objective.Spec(settings.content_layers, settings.style_layers, settings.pooling,
-                          settings.gram_norm, weights.preprocessing, settings.conv_impl)
+    spec = objective.Spec(
+        settings.content_layers,
+        settings.style_layers,
+        settings.pooling,
+        settings.gram_norm,
+        weights.preprocessing,
+        settings.conv_impl,
+    )
     vgg_params = jax.tree.map(jnp.asarray, weights.params)
     targets = {
         "content": objective.content_targets(spec, vgg_params, content_img),
-        "style": objective.style_targets(spec, vgg_params, style_imgs, blend,
-                                         content_img.shape[:2]),
+        "style": objective.style_targets(
+            spec, vgg_params, style_imgs, blend, content_img.shape[:2]
+        ),
     }
     loss_weights = objective.make_weights(
-        spec, settings.content_weight, settings.style_weight, settings.tv_weight,
-        settings.content_layer_weights, settings.style_layer_weights)
-    ctx = {"vgg": vgg_params, "targets": targets, "weights": loss_weights,
-           "lr": jnp.float32(settings.resolved_lr)}
+        spec,
+        settings.content_weight,
+        settings.style_weight,
+        settings.tv_weight,
+        settings.content_layer_weights,
+        settings.style_layer_weights,
+    )
+    ctx = {
+        "vgg": vgg_params,
+        "targets": targets,
+        "weights": loss_weights,
+        "lr": jnp.float32(settings.resolved_lr),
+    }
     opt = optim.OptimizerSpec(settings.optimizer, settings.memory_size)
     return Problem(settings, spec, opt, ctx, init[None], weights.info)
 
@@ -114,8 +135,7 @@ def optimize(problem: Problem, on_chunk: Callable[[int, np.ndarray, dict], None]
     """
     s = problem.settings
     state = optim.init_state(problem.opt, problem.init_BxHxWx3)
-    runner = optim.ChunkRunner(problem.spec, problem.opt, s.chunk_size, s.loop, state,
-                               problem.ctx)
+    runner = optim.ChunkRunner(problem.spec, problem.opt, s.chunk_size, s.loop, state, problem.ctx)
     history = np.zeros((optim.N_RECORDED, 0), np.float32)
     t_run = time.perf_counter()
     for n in chunk_plan(s.steps, s.chunk_size, s.save_every):
@@ -124,8 +144,10 @@ def optimize(problem: Problem, on_chunk: Callable[[int, np.ndarray, dict], None]
         history = np.concatenate([history, rec], axis=1)
         if not np.all(np.isfinite(rec)):
             bad = int(history.shape[1] - n + np.argmax(~np.all(np.isfinite(rec), axis=0)))
-            raise NstError(f"the loss became non-finite at step {bad}; try a smaller --lr or "
-                           "smaller loss weights")
+            raise NstError(
+                f"the loss became non-finite at step {bad}; try a smaller --lr or "
+                "smaller loss weights"
+            )
         if on_chunk is not None:
             on_chunk(int(history.shape[1]), rec, state)
     final = optim.final_losses_jit(problem.spec, False, state["image"], problem.ctx)
@@ -136,21 +158,23 @@ def optimize(problem: Problem, on_chunk: Callable[[int, np.ndarray, dict], None]
     seconds_run = time.perf_counter() - t_run
     image_out = np.asarray(state["image"][0])
     metrics = {key: [float(v) for v in history[i]] for i, key in enumerate(LOSS_KEYS)}
-    metrics.update({
-        "steps": int(history.shape[1]),
-        "final": {key: float(final[i]) for i, key in enumerate(LOSS_KEYS)},
-        "compile_seconds": runner.compile_seconds,
-        "loop": runner.loop,
-        "run_seconds": seconds_run,
-        "seconds_per_step": seconds_run / max(1, history.shape[1]),
-        "height": int(image_out.shape[0]),
-        "width": int(image_out.shape[1]),
-        "settings": s.as_dict(),
-        "weights": problem.weights_info,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.local_devices()],
-        "jax_version": jax.__version__,
-    })
+    metrics.update(
+        {
+            "steps": int(history.shape[1]),
+            "final": {key: float(final[i]) for i, key in enumerate(LOSS_KEYS)},
+            "compile_seconds": runner.compile_seconds,
+            "loop": runner.loop,
+            "run_seconds": seconds_run,
+            "seconds_per_step": seconds_run / max(1, history.shape[1]),
+            "height": int(image_out.shape[0]),
+            "width": int(image_out.shape[1]),
+            "settings": s.as_dict(),
+            "weights": problem.weights_info,
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.local_devices()],
+            "jax_version": jax.__version__,
+        }
+    )
     return image_out, metrics
 
 
@@ -158,10 +182,17 @@ def intermediate_path(output: Path, step: int) -> Path:
     return output.with_name(f"{output.stem}_{step:05d}{output.suffix}")
 
 
-def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *,
-            output: str | os.PathLike | None = None, metrics: str | os.PathLike | None = None,
-            progress: bool = False, weights: weights_api.Weights | None = None,
-            settings: Settings | None = None, **overrides):
+def stylize(
+    content: ImageLike,
+    styles: ImageLike | Sequence[ImageLike],
+    *,
+    output: str | os.PathLike | None = None,
+    metrics: str | os.PathLike | None = None,
+    progress: bool = False,
+    weights: weights_api.Weights | None = None,
+    settings: Settings | None = None,
+    **overrides,
+):
     """Gatys style transfer. Returns (uint8 HxWx3 image, metrics dict).
 
     Args:
@@ -174,8 +205,9 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *,
       settings: a :class:`Settings`; keyword ``overrides`` replace its fields.
     """
     t_start = time.perf_counter()
-    settings = (settings or Settings()).replace(**overrides) if overrides else (
-        settings or Settings())
+    settings = (
+        (settings or Settings()).replace(**overrides) if overrides else (settings or Settings())
+    )
     if isinstance(styles, (str, os.PathLike, np.ndarray)):
         styles = [styles]
     out_path = image.check_output(output) if output is not None else None
@@ -188,8 +220,12 @@ def stylize(content: ImageLike, styles: ImageLike | Sequence[ImageLike], *,
     def on_chunk(step, rec, state):
         if bar is not None:
             bar.update(rec.shape[1])
-            bar.set_postfix(loss=f"{rec[0, -1]:.3g}", content=f"{rec[1, -1]:.3g}",
-                            style=f"{rec[2, -1]:.3g}", tv=f"{rec[3, -1]:.3g}")
+            bar.set_postfix(
+                loss=f"{rec[0, -1]:.3g}",
+                content=f"{rec[1, -1]:.3g}",
+                style=f"{rec[2, -1]:.3g}",
+                tv=f"{rec[3, -1]:.3g}",
+            )
         if settings.save_every and step % settings.save_every == 0 and step < settings.steps:
             image.save(intermediate_path(out_path, step), np.asarray(state["image"][0]))
 

@@ -17,8 +17,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from nstjax import atomic
 from nstjax.errors import UsageError
 
-SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF",
-                ".tiff": "TIFF", ".webp": "WEBP"}
+SAVE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
@@ -88,8 +95,9 @@ def load(
 
 def resize(image_HxWx3: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resizes a float pixel-space image (per channel, Lanczos)."""
-    chans = [Image.fromarray(np.asarray(image_HxWx3[..., c], np.float32), mode="F")
-             for c in range(3)]
+    chans = [
+        Image.fromarray(np.asarray(image_HxWx3[..., c], np.float32), mode="F") for c in range(3)
+    ]
     out = [np.asarray(c.resize((width, height), Image.Resampling.LANCZOS)) for c in chans]
     return np.stack(out, axis=-1).astype(np.float32)
 
@@ -102,8 +110,10 @@ def check_output(path: str | os.PathLike) -> Path:
     """Fails early if ``path`` has an unknown suffix or cannot be written."""
     path = Path(path)
     if path.suffix.lower() not in SAVE_FORMATS:
-        raise UsageError(f"unknown image suffix {path.suffix!r} for {str(path)!r}; "
-                         f"use one of {', '.join(sorted(SAVE_FORMATS))}")
+        raise UsageError(
+            f"unknown image suffix {path.suffix!r} for {str(path)!r}; "
+            f"use one of {', '.join(sorted(SAVE_FORMATS))}"
+        )
     return atomic.check_writable(path)
 
 

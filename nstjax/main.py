@@ -8,33 +8,51 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from nstjax.errors import UsageError
 
 _FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "Config file (with optional :ARG).",
-                                flag_values=_FLAGS, lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Config file (with optional :ARG).", flag_values=_FLAGS, lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Where outputs go.", flag_values=_FLAGS)
-flags.DEFINE_bool("overwrite", False, "Replace a different sweep already in --workdir.",
-                  flag_values=_FLAGS)
+flags.DEFINE_bool(
+    "overwrite", False, "Replace a different sweep already in --workdir.", flag_values=_FLAGS
+)
 flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=_FLAGS)
 
 
 def _parse(argv: Sequence[str]):
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(__doc__.strip() + "\n\nFlags:\n" + _FLAGS.main_module_help())
+        raise SystemExit(0)
     try:
         _FLAGS.unparse_flags()
         _FLAGS(list(argv))
     except flags.Error as e:
-        raise UsageError(" ".join(str(e).split())) from None
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        if any("Traceback" in line for line in lines):  # a config file's own error
+            lines = [f"cannot load config: {lines[-1].strip()}"]
+        raise UsageError(" ".join(" ".join(lines).split())) from None
     except (FileNotFoundError, OSError) as e:
         raise UsageError(f"cannot read config: {e}") from None
     if _FLAGS["config"].value is None:
         raise UsageError("--config is required (e.g. --config experiments/default.py)")
     if not _FLAGS.workdir:
         raise UsageError("--workdir is required")
+    path = config_flags.get_config_filename(_FLAGS["config"])
+    if not Path(path).is_file():
+        raise UsageError(f"config file not found: {path!r}")
+    try:
+        _FLAGS.config  # noqa: B018  (config_flags loads the file lazily)
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {path!r}") from None
+    except Exception as e:  # a config file's own error, reported in one line
+        raise UsageError(f"cannot load config {path!r}: {type(e).__name__}: {e}") from None
     return _FLAGS
 
 
@@ -48,11 +66,20 @@ def run_from_flags(argv: Sequence[str]) -> int:
     raw = fl["config"].serialize().split("=", 1)[-1]
     if ":" in raw:
         arg = raw.split(":", 1)[1] or None
-    summary = runner.run(fl.config, fl.workdir, sweep.load_sweep_fn(path), arg=arg,
-                         overwrite=fl.overwrite, progress=fl.progress)
-    print(f"{fl.workdir}: {summary['ran']} variants run, {summary['skipped']} already done, "
-          f"{summary['failed']} failed; {summary['groups']} groups, {summary['compiles']} "
-          f"compiles; {summary['seconds']:.1f} s", file=sys.stderr)
+    summary = runner.run(
+        fl.config,
+        fl.workdir,
+        sweep.load_sweep_fn(path),
+        arg=arg,
+        overwrite=fl.overwrite,
+        progress=fl.progress,
+    )
+    print(
+        f"{fl.workdir}: {summary['ran']} variants run, {summary['skipped']} already done, "
+        f"{summary['failed']} failed; {summary['groups']} groups, {summary['compiles']} "
+        f"compiles; {summary['seconds']:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 

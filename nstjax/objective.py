@@ -58,22 +58,29 @@ def layer_weights(values: Sequence[float] | None, layers: Sequence[str], what: s
     return np.asarray(values, np.float32)
 
 
-def make_weights(spec: Spec, alpha=1.0, beta=1e3, gamma=0.0, content_layer_weights=None,
-                 style_layer_weights=None) -> dict:
+def make_weights(
+    spec: Spec, alpha=1.0, beta=1e3, gamma=0.0, content_layer_weights=None, style_layer_weights=None
+) -> dict:
     """The dynamic weight pytree of the loss: total = alpha*L_c + beta*L_s + gamma*L_tv."""
     return {
         "alpha": np.float32(alpha),
         "beta": np.float32(beta),
         "gamma": np.float32(gamma),
-        "content": layer_weights(content_layer_weights, spec.content_layers,
-                                 "content layer weights"),
+        "content": layer_weights(
+            content_layer_weights, spec.content_layers, "content layer weights"
+        ),
         "style": layer_weights(style_layer_weights, spec.style_layers, "style layer weights"),
     }
 
 
 def _features(spec: Spec, vgg_params, pixels_BxHxWx3, layers):
-    return vgg.features(vgg_params, spec.preprocessing.to_network(pixels_BxHxWx3), layers,
-                        spec.pooling, conv_impl=spec.conv_impl)
+    return vgg.features(
+        vgg_params,
+        spec.preprocessing.to_network(pixels_BxHxWx3),
+        layers,
+        spec.pooling,
+        conv_impl=spec.conv_impl,
+    )
 
 
 def _mean_grams(spec: Spec, vgg_params, pixels_BxHxWx3, layers):
@@ -94,8 +101,9 @@ def content_targets(spec: Spec, vgg_params, content_HxWx3) -> dict:
     return _features_jit(spec, vgg_params, x, spec.content_layers)
 
 
-def style_targets(spec: Spec, vgg_params, styles: Sequence, blend: Sequence[float],
-                  content_hw: tuple[int, int]) -> dict:
+def style_targets(
+    spec: Spec, vgg_params, styles: Sequence, blend: Sequence[float], content_hw: tuple[int, int]
+) -> dict:
     """Blended target Grams ``sum_s w_s A_s``, rescaled to the content image's size.
 
     A Gram sums over positions, so a style image of M_s positions gives Grams M_s/M
@@ -140,5 +148,3 @@ def loss(spec: Spec, pixels_BxHxWx3, vgg_params, targets, weights):
         "tv_loss": weights["gamma"] * tv,
     }
     return parts["content_loss"] + parts["style_loss"] + parts["tv_loss"], parts
-
-

@@ -106,8 +106,15 @@ def any_step(obj: objective.Spec, opt: OptimizerSpec, batched: bool, state: dict
     return jax.vmap(lambda s, r: step(obj, opt, s, {"vgg": ctx["vgg"], **r}))(state, ctx["runs"])
 
 
-def run_chunk(obj: objective.Spec, opt: OptimizerSpec, batched: bool, chunk_size: int,
-              state: dict, n_steps: jax.Array, ctx: dict):
+def run_chunk(
+    obj: objective.Spec,
+    opt: OptimizerSpec,
+    batched: bool,
+    chunk_size: int,
+    state: dict,
+    n_steps: jax.Array,
+    ctx: dict,
+):
     """Runs ``n_steps <= chunk_size`` steps in one program; returns (state, losses).
 
     ``losses[i]`` holds step i's total, content, style and TV loss (evaluated at the
@@ -149,15 +156,42 @@ def resolve_loop(loop: str) -> str:
 class ChunkRunner:
     """Compiles once, then runs chunks of steps; ``compile_seconds`` is measured."""
 
-    def __init__(self, obj: objective.Spec, opt: OptimizerSpec, chunk_size: int, loop: str,
-                 state: dict, ctx: dict, batched: bool = False):
+    def __init__(
+        self,
+        obj: objective.Spec,
+        opt: OptimizerSpec,
+        chunk_size: int,
+        loop: str,
+        state: dict,
+        ctx: dict,
+        batched: bool = False,
+    ):
         self.loop = resolve_loop(loop)
+        step_fn, chunk_fn = step_jit, run_chunk_jit
+        if batched:
+            # Pin the output state to the input's sharding, so that the compiled program
+            # accepts its own output (AOT executables do not reshard their inputs).
+            state_sh = jax.tree.map(lambda x: x.sharding, state)
+            rec_sh = jax.tree.leaves(state_sh)[0]
+            step_fn = jax.jit(
+                any_step,
+                static_argnums=(0, 1, 2),
+                donate_argnums=(3,),
+                out_shardings=(state_sh, rec_sh),
+            )
+            chunk_fn = jax.jit(
+                run_chunk,
+                static_argnums=(0, 1, 2, 3),
+                donate_argnums=(4,),
+                out_shardings=(state_sh, None),
+            )
         t0 = time.perf_counter()
         if self.loop == "device":
-            self._compiled = run_chunk_jit.lower(obj, opt, batched, chunk_size, state,
-                                                 jnp.int32(0), ctx).compile()
+            self._compiled = chunk_fn.lower(
+                obj, opt, batched, chunk_size, state, jnp.int32(0), ctx
+            ).compile()
         else:
-            self._compiled = step_jit.lower(obj, opt, batched, state, ctx).compile()
+            self._compiled = step_fn.lower(obj, opt, batched, state, ctx).compile()
         self.compile_seconds = time.perf_counter() - t0
 
     def __call__(self, state: dict, n_steps: int, ctx: dict):

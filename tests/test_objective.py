@@ -33,8 +33,9 @@ def small_problem(images, real_weights):
 
 
 def _ref(np_params, x, content, style):
-    return numpy_ref.gatys_loss(np_params, np.float64(x), content, style, list(CONTENT),
-                                list(STYLE), 1.0, 1e3, "avg")
+    return numpy_ref.gatys_loss(
+        np_params, np.float64(x), content, style, list(CONTENT), list(STYLE), 1.0, 1e3, "avg"
+    )
 
 
 def test_loss_matches_numpy_float64(small_problem):
@@ -43,22 +44,26 @@ def test_loss_matches_numpy_float64(small_problem):
     ref = _ref(np_params, x, content, style)
     assert abs(float(total) - ref) / ref < 1e-4
     assert float(parts["tv_loss"]) == 0.0
-    np.testing.assert_allclose(float(total),
-                               float(parts["content_loss"] + parts["style_loss"]), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(total), float(parts["content_loss"] + parts["style_loss"]), rtol=1e-6
+    )
 
 
 def test_gradient_matches_float64_finite_differences(small_problem):
     spec, params, targets, weights, x, content, style, np_params = small_problem
     grad = jax.grad(lambda im: objective.loss(spec, im, params, targets, weights)[0])(
-        jnp.asarray(x)[None])
+        jnp.asarray(x)[None]
+    )
     grad = np.asarray(grad[0], np.float64)
     rng = np.random.default_rng(1)
     eps = 1e-2  # pixel units; the float64 loss is smooth at this scale
     for _ in range(3):
         v = rng.normal(size=x.shape)
         v /= np.linalg.norm(v)
-        fd = (_ref(np_params, x + eps * v, content, style)
-              - _ref(np_params, x - eps * v, content, style)) / (2 * eps)
+        fd = (
+            _ref(np_params, x + eps * v, content, style)
+            - _ref(np_params, x - eps * v, content, style)
+        ) / (2 * eps)
         np.testing.assert_allclose(np.sum(grad * v), fd, rtol=2e-3)
 
 
@@ -71,8 +76,12 @@ def test_gram_normalizations_scale_as_documented():
     n, m = 3.0, 20.0
     from nstjax import losses
 
-    expected = {"gatys": sq / (4 * n * n * m * m), "n": sq / n**2, "hw": sq / m**2,
-                "chw": sq / (n * n * m * m)}
+    expected = {
+        "gatys": sq / (4 * n * n * m * m),
+        "n": sq / n**2,
+        "hw": sq / m**2,
+        "chw": sq / (n * n * m * m),
+    }
     for norm, value in expected.items():
         got = float(losses.style_layer_loss(f, a, norm)[0])
         np.testing.assert_allclose(got, value, rtol=1e-5, err_msg=norm)
@@ -98,15 +107,18 @@ def test_style_targets_are_size_invariant(real_weights, images):
 def test_changing_weights_does_not_retrace(tiny_params):
     spec = objective.Spec(("relu2_1",), ("relu1_1",), "max", "gatys")
     x = jnp.ones((1, 8, 8, 3)) * 100
-    targets = {"content": objective.content_targets(spec, tiny_params, np.ones((8, 8, 3))),
-               "style": objective.style_targets(spec, tiny_params, [np.zeros((8, 8, 3))], [1.0],
-                                                (8, 8))}
+    targets = {
+        "content": objective.content_targets(spec, tiny_params, np.ones((8, 8, 3))),
+        "style": objective.style_targets(spec, tiny_params, [np.zeros((8, 8, 3))], [1.0], (8, 8)),
+    }
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def f(x, w):
         return objective.loss(spec, x, tiny_params, targets, w)[0]
 
-    values = [float(f(x, objective.make_weights(spec, alpha=a, beta=b, gamma=g)))
-              for a, b, g in [(1, 1, 0), (2, 1e3, 1), (0.5, 0, 3)]]
+    values = [
+        float(f(x, objective.make_weights(spec, alpha=a, beta=b, gamma=g)))
+        for a, b, g in [(1, 1, 0), (2, 1e3, 1), (0.5, 0, 3)]
+    ]
     assert len(set(values)) == 3

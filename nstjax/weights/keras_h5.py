@@ -61,7 +61,7 @@ def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
         kernels (or biases) for one layer.
     """
     try:
-        import h5py
+        import h5py  # noqa: PLC0415  (optional: only for .h5 files)
     except ImportError:
         raise UsageError("reading Keras .h5 files needs h5py: pip install h5py") from None
     path = os.fspath(path)

@@ -225,7 +225,9 @@ def _to_array(tensor: _Tensor, raw: np.ndarray, order: str) -> np.ndarray:
     if total == 0:
         out = np.zeros(tensor.size, native)
     else:
-        last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
+        last = tensor.offset + sum(
+            (n - 1) * s for n, s in zip(tensor.size, tensor.stride, strict=True)
+        )
         if last >= count or total > max(count, _MAX_EXPANSION):
             raise ValueError(f"a tensor reaches outside its storage {ref.key}")
         view = np.lib.stride_tricks.as_strided(
