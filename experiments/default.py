@@ -4,7 +4,7 @@ Tübingen in the style of The Starry Night, with a small ablation of the style
 weight (beta, alpha = 1). ``:cpu`` for 128 px, ``:runlocal`` for a tiny test run.
 """
 
-from experiments import common
+from nstjax import configs as common
 
 
 def get_config(arg=None):

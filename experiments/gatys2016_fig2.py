@@ -10,7 +10,7 @@ Caffe's ReLUs are in place, so the paper's "conv4_2" response is our relu4_2.
 The three styles share shapes and layers, so they run as one batched program.
 """
 
-from experiments import common
+from nstjax import configs as common
 
 STYLES = ("shipwreck.jpg", "starry_night.jpg", "the_scream.jpg")
 

@@ -12,7 +12,7 @@ Each row is one group (its layer set decides the program); its four ratios run
 as one batched program.
 """
 
-from experiments import common
+from nstjax import configs as common
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 RATIOS = (1e-5, 1e-4, 1e-3, 1e-2)

@@ -26,6 +26,13 @@ flags.DEFINE_bool(
 flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=_FLAGS)
 
 
+def config_path_and_arg(fl) -> tuple[str, str | None]:
+    """``experiments/x.py:cpu`` -> (``experiments/x.py``, ``cpu``)."""
+    raw = config_flags.get_config_filename(fl["config"])
+    path, _, arg = str(raw).partition(":")
+    return path, arg or None
+
+
 def _parse(argv: Sequence[str]):
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(__doc__.strip() + "\n\nFlags:\n" + _FLAGS.main_module_help())
@@ -44,7 +51,7 @@ def _parse(argv: Sequence[str]):
         raise UsageError("--config is required (e.g. --config experiments/default.py)")
     if not _FLAGS.workdir:
         raise UsageError("--workdir is required")
-    path = config_flags.get_config_filename(_FLAGS["config"])
+    path, _ = config_path_and_arg(_FLAGS)
     if not Path(path).is_file():
         raise UsageError(f"config file not found: {path!r}")
     try:
@@ -61,11 +68,7 @@ def run_from_flags(argv: Sequence[str]) -> int:
     from nstjax import runner, sweep  # noqa: PLC0415
 
     fl = _parse(argv)
-    path = config_flags.get_config_filename(fl["config"])
-    arg = None
-    raw = fl["config"].serialize().split("=", 1)[-1]
-    if ":" in raw:
-        arg = raw.split(":", 1)[1] or None
+    path, arg = config_path_and_arg(fl)
     summary = runner.run(
         fl.config,
         fl.workdir,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -26,6 +27,13 @@ def _run_subprocess(args, env_extra=None, **kw):
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "nstjax.main", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, **kw)
+
+
+def _module(path: str):
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _metrics(workdir: Path) -> dict[str, dict]:
@@ -125,10 +133,7 @@ def test_sigkill_loses_nothing_finished(tmp_path, weights_cache, images):
 
 
 def test_fig3_groups_and_grid():
-    from ml_collections import config_flags  # noqa: F401  (the configs' own dependency)
-
-    import experiments.gatys2016_fig3 as fig3
-
+    fig3 = _module(FIG3)
     config = fig3.get_config("runlocal")
     variants = sweep.expand(config, fig3.sweep)
     assert len(variants) == 20
@@ -145,7 +150,7 @@ def test_cli_run_bad_inputs(tmp_path, capsys):
     assert "--workdir is required" in capsys.readouterr().err
     bad = tmp_path / "bad.py"
     bad.write_text(
-        "from experiments import common\n"
+        "from nstjax import configs as common\n"
         "def get_config(arg=None):\n    return common.base_config('runlocal').lock()\n"
         "def sweep(add):\n    add(style_wieght=3.0)\n")
     code = cli.main(["run", "--config", str(bad), "--workdir", str(tmp_path / "w")])

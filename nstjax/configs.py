@@ -1,4 +1,8 @@
-"""Pieces shared by the experiment configs (paths, size presets)."""
+"""Pieces shared by the experiment config files (image paths, size presets).
+
+Lives in the library so that config files import it from anywhere
+(``from nstjax import configs``), whatever the working directory.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from nstjax.settings import Settings
 # ../shared/images beside the repository (NSTJAX_IMAGES overrides it).
 IMAGES = Path(
     os.environ.get(
-        "NSTJAX_IMAGES", Path(__file__).resolve().parents[1].parent / "shared" / "images"
+        "NSTJAX_IMAGES", Path(__file__).resolve().parents[2] / "shared" / "images"
     )
 )
 
