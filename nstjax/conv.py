@@ -192,14 +192,15 @@ CONV_IMPLS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "winograd4": _hybrid(4),
 }
 
-DEFAULT_IMPL = "winograd4"
-"""Recommended implementation on CPU (see benchmarks/conv_speed.py): about 1.15x XLA's
-speed per style-transfer step with default XLA flags, 2x with
-:data:`RECOMMENDED_XLA_FLAGS`."""
+DEFAULT_IMPL = "xla"
+"""Recommended implementation on CPU (see benchmarks/conv_speed.py). On the 2-core AVX2
+machine, "winograd4" with :data:`RECOMMENDED_XLA_FLAGS` merely ties XLA at 256x256
+(0.97 s vs 1.00 s per step) and loses at 512x512 (4.1 s vs 3.7 s), and compiles 6x
+slower; it only pulls ahead when the machine is shared (0.71 s vs 1.42 s)."""
 
 RECOMMENDED_XLA_FLAGS = "--xla_cpu_experimental_onednn_fusion_type=dot"
-"""XLA CPU flags for entry points to add to ``XLA_FLAGS`` before JAX starts: oneDNN
-runs the Winograd batched matrix products and transforms 2-4x faster than XLA's
+"""XLA CPU flags to put in ``XLA_FLAGS`` before JAX starts when using Winograd: oneDNN
+runs the batched matrix products and small transform products 2-4x faster than XLA's
 default (Eigen) dots on AVX2; XLA's own convolution is unaffected."""
 
 

@@ -117,3 +117,18 @@ def test_non_finite_loss_is_an_error_and_keeps_old_output(pair, real_weights, tm
     with pytest.raises(NstError, match="non-finite"):
         gatys.stylize(*pair, output=out, weights=real_weights, optimizer="adam", lr=1e38, **SMALL)
     assert out.read_bytes() == b"previous result"
+
+
+@pytest.mark.slow
+def test_tubingen_starry_night_256_100_lbfgs(images, real_weights, tmp_path):
+    """The issue's acceptance run: 256 px, 100 L-BFGS steps, style loss down >= 100x."""
+    out = tmp_path / "tubingen_starry.png"
+    img, m = gatys.stylize(images / "tubingen.jpg", images / "starry_night.jpg", output=out,
+                           weights=real_weights, size=256, steps=100)
+    assert img.shape == (192, 256, 3)
+    assert m["style_loss"][0] / m["final"]["style_loss"] >= 100
+    # still Tübingen: the content loss stays far below that of a grey image
+    grey, mg = gatys.stylize(images / "tubingen.jpg", images / "starry_night.jpg",
+                             weights=real_weights, size=256, steps=0, init="noise",
+                             init_noise=0.0)
+    assert m["final"]["content_loss"] < 0.5 * mg["final"]["content_loss"]
