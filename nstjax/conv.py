@@ -175,14 +175,13 @@ MIN_WINOGRAD_CHANNELS = 16
 a matrix product over 3 channels cannot amortize the transforms."""
 
 
-def _hybrid(m: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def _hybrid(m: int, min_channels: int = MIN_WINOGRAD_CHANNELS):
     def conv(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
-        if x_BxHxWxC.shape[-1] < MIN_WINOGRAD_CHANNELS:
+        if x_BxHxWxC.shape[-1] < min_channels:
             return conv_xla(x_BxHxWxC, kernel_3x3xCxO)
         return conv_winograd(x_BxHxWxC, kernel_3x3xCxO, m)
 
-    conv.__doc__ = f"Winograd F({m}x{m}, 3x3), XLA for fewer than {MIN_WINOGRAD_CHANNELS} " \
-                   "input channels."
+    conv.__doc__ = f"Winograd F({m}x{m}, 3x3), XLA for fewer than {min_channels} input channels."
     return conv
 
 
@@ -190,6 +189,9 @@ CONV_IMPLS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "xla": conv_xla,
     "winograd2": _hybrid(2),
     "winograd4": _hybrid(4),
+    # Winograd only where its batched products are wide (>= 128 input channels): the
+    # 64-channel, high-resolution layers are memory-bound in the transforms.
+    "winograd4_wide": _hybrid(4, 128),
 }
 
 DEFAULT_IMPL = "xla"

@@ -7,11 +7,13 @@ through a ``DequantizeLinear`` node, and every *activation* passes through a
 ``QuantizeLinear``/``DequantizeLinear`` pair (per-tensor int8, "fake
 quantization"). :func:`load_params` dequantizes the weights,
 ``w = (q - zero_point) * scale``, and maps them by their TensorFlow names onto
-the Flax modules of :mod:`nstjax.arbitrary.nets`. The activation quantization
-is *not* reproduced: our networks run in float32. :func:`activation_quant`
-lists those quantization points (the reason for the parity tolerances) and
+the Flax modules of :mod:`nstjax.arbitrary.nets`. By default the activation
+quantization is *not* reproduced: our networks run in float32.
+:func:`activation_quant` lists those quantization points (the reason for the
+parity tolerances); ``load_params(..., fake_quant=True)`` also imports them
+(:func:`import_quant`) so that the networks emulate them; and
 :func:`strip_activation_quant` removes them from a graph, giving a float
-reference that our networks match to float rounding.
+reference that our float networks match to float32 rounding.
 
 ``onnx`` is only needed here, at conversion time (``pip install 'nstjax[onnx]'``).
 """

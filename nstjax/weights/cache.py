@@ -41,19 +41,27 @@ def paths(name: str, directory: Path | None = None) -> tuple[Path, Path]:
     return d / f"{name}.npz", d / f"{name}.json"
 
 
-def flatten(params: dict) -> dict[str, np.ndarray]:
-    return {
-        f"{layer}/{k}": np.asarray(v, np.float32)
-        for layer, d in params.items()
-        for k, v in d.items()
-    }
+def flatten(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dicts of arrays -> {"a/b/c": array} (any depth)."""
+    out = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "/"))
+        else:
+            out[name] = np.asarray(value, np.float32)
+    return out
 
 
 def unflatten(arrays) -> dict:
+    """The inverse of :func:`flatten`."""
     params: dict = {}
     for key in arrays:
-        layer, k = key.split("/")
-        params.setdefault(layer, {})[k] = np.asarray(arrays[key])
+        *path, leaf = key.split("/")
+        node = params
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = np.asarray(arrays[key])
     return params
 
 
