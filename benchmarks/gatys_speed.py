@@ -30,14 +30,14 @@ def one(size: int, steps: int, optimizer: str, conv_impl: str, loop: str) -> dic
     style = image.load(IMAGES / "starry_night.jpg", size=(size, size))
     common = dict(size=size, optimizer=optimizer, conv_impl=conv_impl, loop=loop,
                   content_layers=("relu4_2",), pooling="max", chunk_size=steps)
-    gatys.stylize(content, [style], steps=1, **common)  # warm-up: compile once, load weights
+    _, warm = gatys.stylize(content, [style], steps=1, **common)  # compiles; loads weights
     _, m = gatys.stylize(content, [style], steps=steps, **common)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
     dev = jax.local_devices()[0]
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
     return {"size": size, "steps": steps, "optimizer": optimizer, "conv_impl": conv_impl,
             "loop": m["loop"], "seconds_per_step": m["seconds_per_step"],
-            "compile_seconds": m["compile_seconds"], "peak_rss_mib": round(peak),
+            "compile_seconds": warm["compile_seconds"], "peak_rss_mib": round(peak),
             "peak_device_bytes": (stats or {}).get("peak_bytes_in_use"),
             "backend": jax.default_backend(), "device": str(dev)}
 

@@ -26,7 +26,7 @@ def main():
         str(IMAGES / "tubingen.jpg"),
         [str(IMAGES / "starry_night.jpg")],
         device="cpu",
-        size=args.size,
+        size=(args.size, args.size),  # square, as benchmarks/gatys_speed.py
     )
     artist.draw()  # warm-up
     t = time.perf_counter()

@@ -5,11 +5,15 @@ The public API, re-exported explicitly::
     image, metrics = nstjax.stylize("content.jpg", ["style.jpg"], size=256, steps=100)
 """
 
-from nstjax.errors import NstError, UsageError
-from nstjax.gatys import optimize, prepare, stylize
-from nstjax.objective import Spec, make_weights
-from nstjax.settings import Settings
-from nstjax.vgg import LAYERS, VGG19, features
+from nstjax import xla_flags
+
+xla_flags.apply()  # before JAX starts its backend (see nstjax/xla_flags.py)
+
+from nstjax.errors import NstError, UsageError  # noqa: E402
+from nstjax.gatys import optimize, prepare, stylize  # noqa: E402
+from nstjax.objective import Spec, make_weights  # noqa: E402
+from nstjax.settings import Settings  # noqa: E402
+from nstjax.vgg import LAYERS, VGG19, features  # noqa: E402
 
 __all__ = [
     "LAYERS",

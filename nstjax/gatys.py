@@ -60,6 +60,11 @@ def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequenc
         key = jax.random.fold_in(jax.random.key(settings.seed), 0)
         noise = jax.random.normal(key, (h, w, 3), jnp.float32)
         return np.asarray(127.5 + settings.init_noise * noise, np.float32)
+    if settings.init == "arbitrary":  # the fast network's output (Ghiasi et al. 2017)
+        from nstjax.arbitrary import run  # noqa: PLC0415
+
+        blend = blend_weights(settings.style_blend, len(styles))
+        return run.stylize_pixels(content_HxWx3, styles, 1.0, blend)[0].astype(np.float32)
     if settings.init == "style":
         return _load(styles[0], size=(h, w))
     return _load(Path(settings.init), size=(h, w))
@@ -150,12 +155,12 @@ def optimize(problem: Problem, on_chunk: Callable[[int, np.ndarray, dict], None]
             )
         if on_chunk is not None:
             on_chunk(int(history.shape[1]), rec, state)
+    jax.block_until_ready(state["image"])
+    seconds_run = time.perf_counter() - t_run  # the steps alone
     final = optim.final_losses_jit(problem.spec, False, state["image"], problem.ctx)
     final = np.asarray(final)
     if not np.all(np.isfinite(final)):
         raise NstError("the loss at the final image is non-finite; try a smaller --lr")
-    jax.block_until_ready(state["image"])
-    seconds_run = time.perf_counter() - t_run
     image_out = np.asarray(state["image"][0])
     metrics = {key: [float(v) for v in history[i]] for i, key in enumerate(LOSS_KEYS)}
     metrics.update(

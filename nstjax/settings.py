@@ -11,7 +11,7 @@ from nstjax.errors import UsageError
 from nstjax.optim import DEFAULT_LR, LOOPS, OPTIMIZERS
 
 GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
-INITS = ("content", "noise", "style")  # or a path to an image file
+INITS = ("content", "noise", "style", "arbitrary")  # or a path to an image file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Settings:
     style_blend: tuple[float, ...] | None = None  # None: equal
     pooling: str = "avg"  # the paper's choice
     gram_norm: str = "gatys"
-    init: str = "content"  # content | noise | style | path to an image
+    init: str = "content"  # content | noise | style | arbitrary (fast network) | image path
     init_noise: float = 64.0  # std of the noise init around mid-grey, pixel units
     seed: int = 0
     save_every: int = 0  # 0: no intermediate images

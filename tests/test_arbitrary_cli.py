@@ -1,0 +1,64 @@
+"""The fast network from the command line and as the Gatys init (real weights, cached)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nstjax import cli, gatys
+
+pytest.importorskip("onnx")
+
+
+@pytest.fixture
+def base(images, tmp_path, cache_env):
+    return ["stylize", "--method", "arbitrary", "--content", str(images / "tubingen.jpg"),
+            "--style", str(images / "starry_night.jpg"), "--output", str(tmp_path / "a.png"),
+            "--size", "64"]
+
+
+def test_arbitrary_cli_writes_image(base, tmp_path, capsys):
+    assert cli.main(base + ["--metrics", str(tmp_path / "m.json")]) == 0
+    out = np.asarray(Image.open(tmp_path / "a.png"))
+    assert out.shape == (48, 64, 3)
+    assert out.std() > 10  # an image, not a flat fill
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["method"] == "arbitrary" and m["weights"]["source"] == "arbitrary-lite"
+
+
+def test_strength_and_blend(base, tmp_path, images):
+    assert cli.main(base + ["--style-strength", "0"]) == 0
+    zero = np.asarray(Image.open(tmp_path / "a.png"), np.float64)
+    assert cli.main(base) == 0
+    full = np.asarray(Image.open(tmp_path / "a.png"), np.float64)
+    assert cli.main(base + ["--style", str(images / "the_scream.jpg"),
+                            "--style-blend", "1,0"]) == 0
+    blended = np.asarray(Image.open(tmp_path / "a.png"), np.float64)
+    assert np.mean(np.abs(full - zero)) > 5  # strength changes the result
+    assert np.mean(np.abs(full - blended)) < 1.0  # weight 0 on the second style
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--style-strength", "1.5"], "--style-strength must be in [0, 1]"),
+    (["--style", "/nope.jpg"], "image not found"),
+    (["--style-blend", "1,2,3"], "--style-blend has 3 weights for 1 style images"),
+])
+def test_arbitrary_bad_input(base, capsys, extra, pattern):
+    argv = base + extra
+    if extra[0] == "--style":
+        argv = base[:5] + extra + base[7:]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and pattern in err[0]
+
+
+def test_init_arbitrary_starts_closer_to_the_style(images, real_weights, cache_env):
+    kw = dict(weights=real_weights, size=64, steps=1)
+    _, from_content = gatys.stylize(images / "tubingen.jpg", images / "starry_night.jpg", **kw)
+    _, from_fast = gatys.stylize(images / "tubingen.jpg", images / "starry_night.jpg",
+                                 init="arbitrary", **kw)
+    assert from_fast["style_loss"][0] < 0.5 * from_content["style_loss"][0]
+    assert from_fast["settings"]["init"] == "arbitrary"
