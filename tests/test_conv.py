@@ -16,7 +16,7 @@ import pytest
 
 from nstjax import conv
 
-TOLERANCE = {"xla": 1e-5, "winograd2": 1e-5, "winograd4": 5e-5}
+TOLERANCE = {"xla": 1e-5, "winograd2": 1e-5, "winograd4": 5e-5, "winograd4_wide": 5e-5}
 # (batch, height, width, in channels, out channels): odd, even, non-square, tiny sizes;
 # 3 input channels take the hybrids' XLA path. Op-by-op (jit=False) runs are slow, so
 # only one shape runs without jit.

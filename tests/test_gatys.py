@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from nstjax import gatys, image, monitor
 from nstjax.settings import Settings
@@ -127,8 +128,13 @@ def test_tubingen_starry_night_256_100_lbfgs(images, real_weights, tmp_path):
                            weights=real_weights, size=256, steps=100)
     assert img.shape == (192, 256, 3)
     assert m["style_loss"][0] / m["final"]["style_loss"] >= 100
-    # still Tübingen: the content loss stays far below that of a grey image
-    grey, mg = gatys.stylize(images / "tubingen.jpg", images / "starry_night.jpg",
-                             weights=real_weights, size=256, steps=0, init="noise",
-                             init_noise=0.0)
-    assert m["final"]["content_loss"] < 0.5 * mg["final"]["content_loss"]
+    # still Tübingen: the coarse layout (grey levels at 32x24) follows the photo, not the
+    # painting (measured: correlation 0.96 with the photo, 0.37 with the painting)
+    def coarse(a):
+        return np.asarray(Image.fromarray(np.asarray(a, np.uint8)).convert("L").resize((32, 24)),
+                          np.float64).ravel()
+
+    photo = coarse(image.load(images / "tubingen.jpg", long_side=256))
+    painting = coarse(image.load(images / "starry_night.jpg", size=(192, 256)))
+    assert np.corrcoef(coarse(img), photo)[0, 1] > 0.8
+    assert np.corrcoef(coarse(img), painting)[0, 1] < 0.6
