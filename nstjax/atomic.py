@@ -42,6 +42,7 @@ def write_with(path: str | os.PathLike, writer: Callable[[IO[bytes]], Any]) -> P
             writer(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -50,6 +51,12 @@ def write_with(path: str | os.PathLike, writer: Callable[[IO[bytes]], Any]) -> P
             raise NstError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -89,3 +89,12 @@ def test_output_checks(tmp_path):
         image.check_output(tmp_path / "x.xyz")
     with pytest.raises(UsageError, match="does not exist"):
         image.check_output(tmp_path / "no" / "x.png")
+
+
+def test_saved_files_get_the_usual_mode(tmp_path):
+    import os
+
+    out = image.save(tmp_path / "m.png", np.zeros((2, 2, 3)))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
