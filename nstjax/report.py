@@ -16,7 +16,7 @@ import re
 import textwrap
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -60,6 +60,8 @@ def format_value(v: Any) -> str:
         return _format_sequence(v)
     if isinstance(v, dict):
         return ",".join(f"{k}={format_value(x)}" for k, x in v.items())
+    if isinstance(v, str) and ("/" in v or "\\" in v):  # a file: its name says enough
+        return PurePath(v).name
     return str(v)
 
 

@@ -21,6 +21,8 @@ from nstjax.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 FIG2 = str(ROOT / "experiments" / "gatys2016_fig2.py")
 FIG3 = str(ROOT / "experiments" / "gatys2016_fig3.py")
+# TensorBoard scalars when tensorboardX is installed (it is in the test extra)
+TB = ["--config.tensorboard=True"] if importlib.util.find_spec("tensorboardX") else []
 
 
 def _run_subprocess(args, env_extra=None, **kw):
@@ -46,7 +48,7 @@ def fig2_sharded(tmp_path_factory, weights_cache, images):
     """Fig. 2 (runlocal) on 4 CPU devices: 3 variants padded to a batch of 4, sharded."""
     workdir = tmp_path_factory.mktemp("fig2")
     proc = _run_subprocess(
-        ["--config", f"{FIG2}:runlocal", "--workdir", str(workdir), "--noprogress"],
+        ["--config", f"{FIG2}:runlocal", "--workdir", str(workdir), "--noprogress", *TB],
         {"XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "NSTJAX_CACHE": str(weights_cache)})
     assert proc.returncode == 0, proc.stderr
@@ -67,6 +69,8 @@ def test_fig2_outputs(fig2_sharded):
     rows = json.loads((fig2_sharded / "summary.json").read_text())
     assert [r["name"] for r in rows] == ["000", "001", "002"]
     assert not list(fig2_sharded.rglob(".*.tmp"))
+    if TB:
+        assert len(list((fig2_sharded / "tensorboard").glob("*/events.out.tfevents.*"))) == 3
 
 
 def test_batched_sharded_equals_one_at_a_time(fig2_sharded, real_weights):
@@ -87,14 +91,15 @@ def test_rerun_skips_finished_and_detects_changes(fig2_sharded, weights_cache):
     (fig2_sharded / "variants" / "001" / "metrics.json").unlink()
     before = (fig2_sharded / "variants" / "000" / "metrics.json").read_bytes()
     proc = _run_subprocess(["--config", f"{FIG2}:runlocal", "--workdir", str(fig2_sharded),
-                            "--noprogress"], {"NSTJAX_CACHE": str(weights_cache)})
+                            "--noprogress", *TB], {"NSTJAX_CACHE": str(weights_cache)})
     assert proc.returncode == 0, proc.stderr
     assert "1 variants run, 2 already done" in proc.stderr
     assert (fig2_sharded / "variants" / "000" / "metrics.json").read_bytes() == before
     assert (fig2_sharded / "variants" / "001" / "metrics.json").is_file()
     # a changed config is refused, in one line, with exit code 2
     proc = _run_subprocess(["--config", f"{FIG2}:runlocal", "--workdir", str(fig2_sharded),
-                            "--config.settings.steps=5"], {"NSTJAX_CACHE": str(weights_cache)})
+                            "--config.settings.steps=5", *TB],
+                           {"NSTJAX_CACHE": str(weights_cache)})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"nstjax: error: workdir {str(fig2_sharded)!r} holds a different sweep "
