@@ -35,9 +35,11 @@ def time_impl(impl: str, size: int, repeats: int) -> tuple[float, float, float]:
 
     from nstjax import objective, vgg
 
-    spec = objective.Spec(content_layers=("relu4_2",),
-                          style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
-                          conv_impl=impl)
+    spec = objective.Spec(
+        content_layers=("relu4_2",),
+        style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+        conv_impl=impl,
+    )
     params = vgg.init_params(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     image = jnp.asarray(rng.uniform(0, 255, (1, size, size, 3)), jnp.float32)
@@ -79,8 +81,11 @@ def main(argv=None) -> None:
     for size in args.sizes:
         for impl in impls:
             compile_s, best, median = time_impl(impl, size, args.repeats)
-            print(f"size={size} impl={impl:10s} compile={compile_s:6.2f}s "
-                  f"step min={best:.3f}s median={median:.3f}s", flush=True)
+            print(
+                f"size={size} impl={impl:10s} compile={compile_s:6.2f}s "
+                f"step min={best:.3f}s median={median:.3f}s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

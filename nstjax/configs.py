@@ -15,9 +15,7 @@ from nstjax.settings import Settings
 
 # ../shared/images beside the repository (NSTJAX_IMAGES overrides it).
 IMAGES = Path(
-    os.environ.get(
-        "NSTJAX_IMAGES", Path(__file__).resolve().parents[2] / "shared" / "images"
-    )
+    os.environ.get("NSTJAX_IMAGES", Path(__file__).resolve().parents[2] / "shared" / "images")
 )
 
 # arg -> (long side, steps, batch size, chunk size)

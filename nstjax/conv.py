@@ -35,8 +35,12 @@ Matrix = tuple[tuple[float, ...], ...]
 def conv_xla(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
     """XLA's own convolution."""
     return jax.lax.conv_general_dilated(
-        x_BxHxWxC, kernel_3x3xCxO, window_strides=(1, 1), padding="SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x_BxHxWxC,
+        kernel_3x3xCxO,
+        window_strides=(1, 1),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
 
 
 def toom_cook(points: Sequence[float], m: int, r: int = 3) -> tuple[Matrix, Matrix, Matrix]:
@@ -69,8 +73,10 @@ def toom_cook(points: Sequence[float], m: int, r: int = 3) -> tuple[Matrix, Matr
             for q in range(n):
                 system[k, j, q, :, q] = [float(at[k][i] * g[i][j]) for i in range(n)]
     solution = np.linalg.lstsq(system.reshape(-1, n * n), rhs.ravel(), rcond=None)[0]
-    bt = [[Fraction(float(v)).limit_denominator(1 << 12) for v in solution[i * n: i * n + n]]
-          for i in range(n)]
+    bt = [
+        [Fraction(float(v)).limit_denominator(1 << 12) for v in solution[i * n : i * n + n]]
+        for i in range(n)
+    ]
     for k in range(m):
         for j in range(r):
             for q in range(n):
@@ -118,7 +124,7 @@ def _tiles(x: jax.Array, axis: int, count: int, m: int, n: int) -> jax.Array:
 
     def blocks(start: int) -> jax.Array:
         part = jax.lax.slice_in_dim(x, start, start + count * m, axis=axis)
-        return part.reshape(shape[:axis] + (count, m) + shape[axis + 1:])
+        return part.reshape(shape[:axis] + (count, m) + shape[axis + 1 :])
 
     overlap = jax.lax.slice_in_dim(blocks(m), 0, n - m, axis=axis + 1)
     return jnp.concatenate([blocks(0), overlap], axis=axis + 1)
@@ -130,8 +136,7 @@ def _winograd_forward(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, m: int) -
     b, h, w, c = x_BxHxWxC.shape
     o = kernel_3x3xCxO.shape[-1]
     th, tw = -(-h // m), -(-w // m)
-    x = jnp.pad(x_BxHxWxC, ((0, 0), (1, (th + 1) * m - h - 1), (1, (tw + 1) * m - w - 1),
-                            (0, 0)))
+    x = jnp.pad(x_BxHxWxC, ((0, 0), (1, (th + 1) * m - h - 1), (1, (tw + 1) * m - w - 1), (0, 0)))
     tiles = _tiles(_tiles(x, 1, th, m, n), 3, tw, m, n)  # B, th, n, tw, n, C
     v_TxPxC = jnp.einsum("ua,vb,Bhawbc->uvBhwc", bt, bt, tiles)
     v_TxPxC = v_TxPxC.reshape(n * n, b * th * tw, c)
@@ -208,13 +213,15 @@ default (Eigen) dots on AVX2; XLA's own convolution is unaffected."""
 
 def check_impl(name: str) -> str:
     if name not in CONV_IMPLS:
-        raise UsageError(f"unknown convolution implementation {name!r}; use one of "
-                         f"{sorted(CONV_IMPLS)}")
+        raise UsageError(
+            f"unknown convolution implementation {name!r}; use one of {sorted(CONV_IMPLS)}"
+        )
     return name
 
 
-def conv3x3(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, bias_O: jax.Array,
-            impl: str = "xla") -> jax.Array:
+def conv3x3(
+    x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, bias_O: jax.Array, impl: str = "xla"
+) -> jax.Array:
     return CONV_IMPLS[check_impl(impl)](x_BxHxWxC, kernel_3x3xCxO) + bias_O
 
 

@@ -15,9 +15,19 @@ pytest.importorskip("onnx")
 
 @pytest.fixture
 def base(images, tmp_path, cache_env):
-    return ["stylize", "--method", "arbitrary", "--content", str(images / "tubingen.jpg"),
-            "--style", str(images / "starry_night.jpg"), "--output", str(tmp_path / "a.png"),
-            "--size", "64"]
+    return [
+        "stylize",
+        "--method",
+        "arbitrary",
+        "--content",
+        str(images / "tubingen.jpg"),
+        "--style",
+        str(images / "starry_night.jpg"),
+        "--output",
+        str(tmp_path / "a.png"),
+        "--size",
+        "64",
+    ]
 
 
 def test_arbitrary_cli_writes_image(base, tmp_path, capsys):
@@ -34,18 +44,20 @@ def test_strength_and_blend(base, tmp_path, images):
     zero = np.asarray(Image.open(tmp_path / "a.png"), np.float64)
     assert cli.main(base) == 0
     full = np.asarray(Image.open(tmp_path / "a.png"), np.float64)
-    assert cli.main(base + ["--style", str(images / "the_scream.jpg"),
-                            "--style-blend", "1,0"]) == 0
+    assert cli.main(base + ["--style", str(images / "the_scream.jpg"), "--style-blend", "1,0"]) == 0
     blended = np.asarray(Image.open(tmp_path / "a.png"), np.float64)
     assert np.mean(np.abs(full - zero)) > 5  # strength changes the result
     assert np.mean(np.abs(full - blended)) < 1.0  # weight 0 on the second style
 
 
-@pytest.mark.parametrize("extra,pattern", [
-    (["--style-strength", "1.5"], "--style-strength must be in [0, 1]"),
-    (["--style", "/nope.jpg"], "image not found"),
-    (["--style-blend", "1,2,3"], "--style-blend has 3 weights for 1 style images"),
-])
+@pytest.mark.parametrize(
+    "extra,pattern",
+    [
+        (["--style-strength", "1.5"], "--style-strength must be in [0, 1]"),
+        (["--style", "/nope.jpg"], "image not found"),
+        (["--style-blend", "1,2,3"], "--style-blend has 3 weights for 1 style images"),
+    ],
+)
 def test_arbitrary_bad_input(base, capsys, extra, pattern):
     argv = base + extra
     if extra[0] == "--style":
@@ -62,10 +74,17 @@ def test_init_arbitrary_starts_from_the_fast_networks_output(images, real_weight
     content = image.load(images / "tubingen.jpg", long_side=64)
     style = image.load(images / "starry_night.jpg", long_side=64)
     fast, _ = run.stylize_pixels(content, [style])
-    out, m = gatys.stylize(images / "tubingen.jpg", images / "starry_night.jpg",
-                           weights=real_weights, size=64, steps=0, init="arbitrary")
+    out, m = gatys.stylize(
+        images / "tubingen.jpg",
+        images / "starry_night.jpg",
+        weights=real_weights,
+        size=64,
+        steps=0,
+        init="arbitrary",
+    )
     assert m["settings"]["init"] == "arbitrary" and m["steps"] == 0
     np.testing.assert_array_equal(out, image.to_uint8(fast))
-    plain, _ = gatys.stylize(images / "tubingen.jpg", images / "starry_night.jpg",
-                             weights=real_weights, size=64, steps=0)
+    plain, _ = gatys.stylize(
+        images / "tubingen.jpg", images / "starry_night.jpg", weights=real_weights, size=64, steps=0
+    )
     assert np.mean(np.abs(out.astype(float) - plain)) > 10  # not the content image

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
 from nstjax import cli
 from nstjax.weights import api, cache

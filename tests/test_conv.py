@@ -20,8 +20,13 @@ TOLERANCE = {"xla": 1e-5, "winograd2": 1e-5, "winograd4": 5e-5, "winograd4_wide"
 # (batch, height, width, in channels, out channels): odd, even, non-square, tiny sizes;
 # 3 input channels take the hybrids' XLA path. Op-by-op (jit=False) runs are slow, so
 # only one shape runs without jit.
-SHAPES = [(1, 5, 7, 3, 4), (2, 9, 6, 16, 8), (1, 8, 8, 32, 24), (1, 11, 13, 20, 17),
-          (1, 1, 2, 16, 5)]
+SHAPES = [
+    (1, 5, 7, 3, 4),
+    (2, 9, 6, 16, 8),
+    (1, 8, 8, 32, 24),
+    (1, 11, 13, 20, 17),
+    (1, 1, 2, 16, 5),
+]
 
 
 def reference_conv(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -31,8 +36,9 @@ def reference_conv(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     out = np.zeros((b, h, w, kernel.shape[-1]))
     for i in range(3):
         for j in range(3):
-            out += np.einsum("bhwc,co->bhwo", padded[:, i: i + h, j: j + w],
-                             kernel[i, j].astype(np.float64))
+            out += np.einsum(
+                "bhwc,co->bhwo", padded[:, i : i + h, j : j + w], kernel[i, j].astype(np.float64)
+            )
     return out
 
 
@@ -56,8 +62,10 @@ def random_problem(shape, seed=0):
 
 @pytest.mark.parametrize("m", sorted(conv.WINOGRAD_POINTS))
 def test_winograd_matrices_are_exact(m):
-    at, g, bt = (np.array([[Fraction(v).limit_denominator(1 << 12) for v in row] for row in a])
-                 for a in conv.winograd_matrices(m))
+    at, g, bt = (
+        np.array([[Fraction(v).limit_denominator(1 << 12) for v in row] for row in a])
+        for a in conv.winograd_matrices(m)
+    )
     for k in range(m):
         for j in range(3):
             row = [sum(at[k, i] * g[i, j] * bt[i, q] for i in range(m + 2)) for q in range(m + 2)]
@@ -95,11 +103,13 @@ def test_winograd_few_channels_and_kernel_grad(m):
     x, kernel, cotangent = random_problem((2, 7, 10, 3, 5), seed=1)
     y = conv.conv_winograd(jnp.asarray(x), jnp.asarray(kernel), m)
     assert relative_error(y, reference_conv(x, kernel)) < TOLERANCE[f"winograd{m}"]
-    dx, dk = jax.grad(lambda a, k: jnp.sum(conv.conv_winograd(a, k, m) * cotangent),
-                      argnums=(0, 1))(jnp.asarray(x), jnp.asarray(kernel))
+    dx, dk = jax.grad(
+        lambda a, k: jnp.sum(conv.conv_winograd(a, k, m) * cotangent), argnums=(0, 1)
+    )(jnp.asarray(x), jnp.asarray(kernel))
     assert relative_error(dx, reference_input_grad(kernel, cotangent)) < TOLERANCE[f"winograd{m}"]
     dk_ref = jax.grad(lambda k: jnp.sum(conv.conv_xla(jnp.asarray(x), k) * cotangent))(
-        jnp.asarray(kernel))
+        jnp.asarray(kernel)
+    )
     np.testing.assert_allclose(dk, dk_ref, rtol=1e-5, atol=1e-5)
 
 

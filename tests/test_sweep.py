@@ -27,8 +27,14 @@ TB = ["--config.tensorboard=True"] if importlib.util.find_spec("tensorboardX") e
 
 def _run_subprocess(args, env_extra=None, **kw):
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "nstjax.main", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "nstjax.main", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        **kw,
+    )
 
 
 def _module(path: str):
@@ -39,8 +45,10 @@ def _module(path: str):
 
 
 def _metrics(workdir: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text())
-            for p in sorted((workdir / "variants").glob("*/metrics.json"))}
+    return {
+        p.parent.name: json.loads(p.read_text())
+        for p in sorted((workdir / "variants").glob("*/metrics.json"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +57,11 @@ def fig2_sharded(tmp_path_factory, weights_cache, images):
     workdir = tmp_path_factory.mktemp("fig2")
     proc = _run_subprocess(
         ["--config", f"{FIG2}:runlocal", "--workdir", str(workdir), "--noprogress", *TB],
-        {"XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "NSTJAX_CACHE": str(weights_cache)})
+        {
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+            "NSTJAX_CACHE": str(weights_cache),
+        },
+    )
     assert proc.returncode == 0, proc.stderr
     assert "3 variants run" in proc.stderr and "1 groups" in proc.stderr
     return workdir
@@ -78,42 +89,64 @@ def test_batched_sharded_equals_one_at_a_time(fig2_sharded, real_weights):
     L-BFGS amplifies it a little over 4 steps (measured < 0.1% on the losses)."""
     for name, m in _metrics(fig2_sharded).items():
         settings = Settings.from_mapping(m["settings"])
-        img, single = gatys.stylize(m["content"], m["styles"], settings=settings,
-                                    weights=real_weights)
+        img, single = gatys.stylize(
+            m["content"], m["styles"], settings=settings, weights=real_weights
+        )
         np.testing.assert_allclose(m["loss"], single["loss"], rtol=1e-2, err_msg=name)
         np.testing.assert_allclose(m["loss"][0], single["loss"][0], rtol=1e-5, err_msg=name)
-        batched = np.asarray(Image.open(fig2_sharded / "variants" / name / "image.png"),
-                             np.float64)
+        batched = np.asarray(Image.open(fig2_sharded / "variants" / name / "image.png"), np.float64)
         assert np.mean(np.abs(batched - img)) < 1.0, name
 
 
 def test_rerun_skips_finished_and_detects_changes(fig2_sharded, weights_cache):
     (fig2_sharded / "variants" / "001" / "metrics.json").unlink()
     before = (fig2_sharded / "variants" / "000" / "metrics.json").read_bytes()
-    proc = _run_subprocess(["--config", f"{FIG2}:runlocal", "--workdir", str(fig2_sharded),
-                            "--noprogress", *TB], {"NSTJAX_CACHE": str(weights_cache)})
+    proc = _run_subprocess(
+        ["--config", f"{FIG2}:runlocal", "--workdir", str(fig2_sharded), "--noprogress", *TB],
+        {"NSTJAX_CACHE": str(weights_cache)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "1 variants run, 2 already done" in proc.stderr
     assert (fig2_sharded / "variants" / "000" / "metrics.json").read_bytes() == before
     assert (fig2_sharded / "variants" / "001" / "metrics.json").is_file()
     # a changed config is refused, in one line, with exit code 2
-    proc = _run_subprocess(["--config", f"{FIG2}:runlocal", "--workdir", str(fig2_sharded),
-                            "--config.settings.steps=5", *TB],
-                           {"NSTJAX_CACHE": str(weights_cache)})
+    proc = _run_subprocess(
+        [
+            "--config",
+            f"{FIG2}:runlocal",
+            "--workdir",
+            str(fig2_sharded),
+            "--config.settings.steps=5",
+            *TB,
+        ],
+        {"NSTJAX_CACHE": str(weights_cache)},
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"nstjax: error: workdir {str(fig2_sharded)!r} holds a different sweep "
         "(config.settings.steps changed from 4 to 5); pass --overwrite to replace it or use "
-        "a new --workdir"]
+        "a new --workdir"
+    ]
 
 
 def test_sigkill_loses_nothing_finished(tmp_path, weights_cache, images):
     workdir = tmp_path / "killed"
-    args = ["--config", f"{FIG3}:runlocal", "--workdir", str(workdir), "--noprogress",
-            "--config.batch_size=1"]
+    args = [
+        "--config",
+        f"{FIG3}:runlocal",
+        "--workdir",
+        str(workdir),
+        "--noprogress",
+        "--config.batch_size=1",
+    ]
     env = dict(os.environ, NSTJAX_CACHE=str(weights_cache))
-    proc = subprocess.Popen([sys.executable, "-m", "nstjax.main", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nstjax.main", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(list(workdir.glob("variants/*/metrics.json"))) < 2:
         time.sleep(0.2)
@@ -145,7 +178,12 @@ def test_fig3_groups_and_grid():
     groups = sweep.groups(variants)
     assert [len(g) for g in groups] == [4, 4, 4, 4, 4]
     assert [g[0].settings.style_layers for g in groups][-1] == (
-        "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+        "relu1_1",
+        "relu2_1",
+        "relu3_1",
+        "relu4_1",
+        "relu5_1",
+    )
     assert {v.settings.content_weight for v in groups[0]} == {1e-5, 1e-4, 1e-3, 1e-2}
 
 
@@ -157,8 +195,10 @@ def test_cli_run_bad_inputs(tmp_path, capsys):
     bad.write_text(
         "from nstjax import configs as common\n"
         "def get_config(arg=None):\n    return common.base_config('runlocal').lock()\n"
-        "def sweep(add):\n    add(style_wieght=3.0)\n")
+        "def sweep(add):\n    add(style_wieght=3.0)\n"
+    )
     code = cli.main(["run", "--config", str(bad), "--workdir", str(tmp_path / "w")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == ["nstjax: error: sweep variant 0 sets unknown fields "
-                                 "['style_wieght']"]
+    assert code == 2 and err == [
+        "nstjax: error: sweep variant 0 sets unknown fields ['style_wieght']"
+    ]

