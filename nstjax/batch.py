@@ -59,6 +59,7 @@ def _inputs(
     spec: objective.Spec,
     images: ImageCache,
     targets_cache: dict,
+    init_cache: dict,
 ):
     s = v.settings
     content = images.get(v.content, s.size)
@@ -72,7 +73,19 @@ def _inputs(
             "content": objective.content_targets(spec, params, content),
             "style": objective.style_targets(spec, params, styles, blend, content.shape[:2]),
         }
-    init = gatys.initial_image(s, content, styles)
+    init_key = (
+        s.init,
+        s.seed,
+        s.init_noise,
+        v.content,
+        v.styles,
+        s.style_blend,
+        s.size,
+        s.style_scale,
+    )
+    if init_key not in init_cache:  # the fast network or an init file: once per sweep
+        init_cache[init_key] = gatys.initial_image(s, content, styles)
+    init = init_cache[init_key]
     weights_tree = objective.make_weights(
         spec,
         s.content_weight,
@@ -117,6 +130,7 @@ def run_group(
     vgg_params = jax.device_put(jax.tree.map(jnp.asarray, weights.params), replicated)
     weights = dataclasses.replace(weights, params=vgg_params)
     targets_cache: dict = {}
+    init_cache: dict = {}
     size = padded_size(len(variants), batch_size, len(devices))
     runner = None
     for start in range(0, len(variants), size):
@@ -124,7 +138,8 @@ def run_group(
         real = len(batch)
         batch = batch + [batch[-1]] * (size - real)
         inits, runs = zip(
-            *(_inputs(v, weights, spec, images, targets_cache) for v in batch), strict=True
+            *(_inputs(v, weights, spec, images, targets_cache, init_cache) for v in batch),
+            strict=True,
         )
         init_R = jax.device_put(np.stack(inits), runs_sharding)
         state = optim.init_states_jit(opt, init_R)
@@ -151,9 +166,11 @@ def run_group(
         for i, v in enumerate(batch[:real]):
             ok = np.all(np.isfinite(history[i])) and np.all(np.isfinite(final[i]))
             error = None
-            if not ok:
+            if not np.all(np.isfinite(history[i])):
                 bad = np.argmax(~np.all(np.isfinite(history[i]), axis=0))
                 error = f"the loss became non-finite at step {int(bad)}"
+            elif not ok:
+                error = "the loss at the final image is non-finite"
             yield Outcome(
                 v,
                 images_R[i] if ok else None,

@@ -252,9 +252,10 @@ def _cmd_demo(args) -> int:
     _, m = gatys.stylize(
         content, [style], output=args.output, progress=True, size=args.size, steps=args.steps
     )
+    first = (m["style_loss"] or [m["final"]["style_loss"]])[0]  # no steps: no history
     print(
         f"wrote {args.output} ({m['width']}x{m['height']}, {m['steps']} L-BFGS steps in "
-        f"{m['seconds']:.0f} s; style loss {m['style_loss'][0]:.3g} -> "
+        f"{m['seconds']:.0f} s; style loss {first:.3g} -> "
         f"{m['final']['style_loss']:.3g})",
         file=sys.stderr,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -76,13 +77,27 @@ def _row(v: sweep.Variant, m: dict) -> dict:
     }
 
 
-def _tensorboard(workdir: Path, name: str, m: dict) -> None:
+@contextlib.contextmanager
+def _closing(bar):
+    try:
+        yield
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _require_tensorboard():
     try:
         from tensorboardX import SummaryWriter  # noqa: PLC0415
     except ImportError:
         raise UsageError(
             "tensorboard=True needs tensorboardX: pip install 'nstjax[tensorboard]'"
         ) from None
+    return SummaryWriter
+
+
+def _tensorboard(workdir: Path, name: str, m: dict) -> None:
+    SummaryWriter = _require_tensorboard()  # noqa: N806
     with SummaryWriter(str(workdir / "tensorboard" / name)) as w:
         for key in LOSS_KEYS:
             for step, value in enumerate(m[key]):
@@ -105,8 +120,17 @@ def run(
     workdir = Path(workdir)
     if config.get("distributed", False):
         jax.distributed.initialize()
+    if int(config.batch_size) < 1:
+        raise UsageError(f"batch_size must be >= 1, got {config.batch_size}")
+    if config.get("tensorboard", False):
+        _require_tensorboard()  # before hours of work, not after
     variants = sweep.expand(config, sweep_fn, arg)
-    sweep.prepare_workdir(workdir, sweep.fingerprint(config, variants), overwrite)
+    writer = jax.process_index() == 0
+    sweep.prepare_workdir(workdir, sweep.fingerprint(config, variants), overwrite, writer)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices("nstjax: workdir ready")
     mine = sweep.mine(variants, jax.process_index(), jax.process_count())
     todo = [v for v in mine if not sweep.is_done(workdir, v)]
     weights: dict = {}
@@ -134,7 +158,7 @@ def run(
 
     groups = sweep.groups(todo)
     failed = programs = 0
-    with monitor.count_compiles() as compiles:
+    with monitor.count_compiles() as compiles, _closing(bar):
         for gi, group in enumerate(groups):
             key = (group[0].settings.weights, group[0].settings.weights_format)
             if key not in weights:
@@ -153,8 +177,6 @@ def run(
                 failed += m["status"] == "failed"
                 if config.get("tensorboard", False):
                     _tensorboard(workdir, outcome.variant.name, m)
-    if bar is not None:
-        bar.close()
     summary = {
         "variants": len(variants),
         "ran": len(todo),

@@ -130,17 +130,25 @@ def groups(variants: list[Variant]) -> list[list[Variant]]:
     return list(by_key.values())
 
 
+# Config fields that do not change any result: a resumed sweep may change them.
+NOT_FINGERPRINTED = ("batch_size", "grid", "tensorboard", "distributed")
+
+
 def fingerprint(config, variants: list[Variant]) -> dict:
-    record = {"config": _jsonable(config.to_dict()), "variants": [v.record() for v in variants]}
+    """What decides the results (config and variants), with its SHA-256."""
+    cfg = {k: v for k, v in config.to_dict().items() if k not in NOT_FINGERPRINTED}
+    record = {"config": _jsonable(cfg), "variants": [v.record() for v in variants]}
     text = json.dumps(record, sort_keys=True, default=str)
     return {"sha256": hashlib.sha256(text.encode()).hexdigest(), **record}
 
 
-def prepare_workdir(workdir: Path, fp: dict, overwrite: bool) -> None:
-    """Creates the workdir, or checks that it holds this same sweep (resume)."""
+def prepare_workdir(workdir: Path, fp: dict, overwrite: bool, writer: bool = True) -> None:
+    """Creates the workdir, or checks that it holds this same sweep (resume).
+
+    Only the ``writer`` (process 0 of a multi-host run) cleans up and writes; the others
+    only check, so that no process removes a file another is writing.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    for stale in workdir.rglob(".*.tmp"):  # left by a killed run; never a finished file
-        stale.unlink(missing_ok=True)
     existing = workdir / "sweep.json"
     if existing.is_file():
         try:
@@ -155,8 +163,12 @@ def prepare_workdir(workdir: Path, fp: dict, overwrite: bool) -> None:
                     f"({changed}); pass --overwrite to replace it or use a new "
                     "--workdir"
                 )
-            shutil.rmtree(workdir / "variants", ignore_errors=True)
-    atomic.write_json(existing, fp)
+            if writer:
+                shutil.rmtree(workdir / "variants", ignore_errors=True)
+    if writer:
+        for stale in workdir.rglob(".*.tmp"):  # left by a killed run; never a finished file
+            stale.unlink(missing_ok=True)
+        atomic.write_json(existing, fp)
 
 
 def _first_difference(old: dict, new: dict, path: str = "") -> str:

@@ -101,8 +101,16 @@ def test_batched_sharded_equals_one_at_a_time(fig2_sharded, real_weights):
 def test_rerun_skips_finished_and_detects_changes(fig2_sharded, weights_cache):
     (fig2_sharded / "variants" / "001" / "metrics.json").unlink()
     before = (fig2_sharded / "variants" / "000" / "metrics.json").read_bytes()
-    proc = _run_subprocess(
-        ["--config", f"{FIG2}:runlocal", "--workdir", str(fig2_sharded), "--noprogress", *TB],
+    proc = _run_subprocess(  # batch_size decides no result: a resume may change it
+        [
+            "--config",
+            f"{FIG2}:runlocal",
+            "--workdir",
+            str(fig2_sharded),
+            "--noprogress",
+            *TB,
+            "--config.batch_size=2",
+        ],
         {"NSTJAX_CACHE": str(weights_cache)},
     )
     assert proc.returncode == 0, proc.stderr

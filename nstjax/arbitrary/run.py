@@ -32,7 +32,7 @@ def stylize_pixels(
         params,
         np.asarray(content_HxWx3, np.float32)[None] / 255.0,
         [np.asarray(s, np.float32) / 255.0 for s in styles],
-        np.float32(strength),
+        1.0 if strength == 1.0 else np.float32(strength),  # 1.0 skips the content's vector
         None if blend is None else np.asarray(blend),
     )
     out = np.asarray(out[0]) * 255.0
