@@ -40,10 +40,11 @@ def time_impl(impl: str, size: int, repeats: int) -> tuple[float, float, float]:
         style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
         conv_impl=impl,
     )
-    params = vgg.init_params(jax.random.PRNGKey(0))
+    raw = vgg.init_params(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     image = jnp.asarray(rng.uniform(0, 255, (1, size, size, 3)), jnp.float32)
-    feats = objective._features_jit(spec, params, image, spec.layers)
+    feats = objective._features_jit(objective.one_off(spec), raw, image, spec.layers)
+    params = vgg.prepare_params_jit(raw, image.shape, spec.layers, impl)
     targets = {
         "content": {k: feats[k] * 0.5 for k in spec.content_layers},
         "style": {k: jnp.eye(feats[k].shape[-1])[None] for k in spec.style_layers},

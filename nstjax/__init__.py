@@ -5,9 +5,10 @@ The public API, re-exported explicitly::
     image, metrics = nstjax.stylize("content.jpg", ["style.jpg"], size=256, steps=100)
 """
 
-from nstjax import xla_flags
+from nstjax import malloc, xla_flags
 
 xla_flags.apply()  # before JAX starts its backend (see nstjax/xla_flags.py)
+malloc.apply()  # before XLA's threads allocate (see nstjax/malloc.py)
 
 from nstjax.errors import NstError, UsageError  # noqa: E402
 from nstjax.gatys import optimize, prepare, stylize  # noqa: E402

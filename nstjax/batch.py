@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nstjax import gatys, image, monitor, objective, optim
+from nstjax import gatys, image, monitor, objective, optim, vgg
 from nstjax.settings import blend_weights
 from nstjax.sweep import Variant
 from nstjax.weights import api as weights_api
@@ -132,7 +132,7 @@ def run_group(
     targets_cache: dict = {}
     init_cache: dict = {}
     size = padded_size(len(variants), batch_size, len(devices))
-    runner = None
+    runner = prepared = None
     for start in range(0, len(variants), size):
         batch = variants[start : start + size]
         real = len(batch)
@@ -143,7 +143,11 @@ def run_group(
         )
         init_R = jax.device_put(np.stack(inits), runs_sharding)
         state = optim.init_states_jit(opt, init_R)
-        ctx = {"vgg": vgg_params, "runs": jax.device_put(_stack(runs), runs_sharding)}
+        if prepared is None:  # Winograd kernel transforms, once per group
+            prepared = vgg.prepare_params_jit(
+                vgg_params, inits[0].shape, spec.layers, spec.conv_impl
+            )
+        ctx = {"vgg": prepared, "runs": jax.device_put(_stack(runs), runs_sharding)}
         programs = 0
         if runner is None:
             with monitor.count_compiles() as compiles:

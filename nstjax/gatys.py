@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nstjax import atomic, image, objective, optim
+from nstjax import atomic, image, objective, optim, vgg
 from nstjax.errors import NstError, UsageError
 from nstjax.settings import INITS, Settings, blend_weights
 from nstjax.weights import api as weights_api
@@ -112,7 +112,7 @@ def prepare(
         settings.style_layer_weights,
     )
     ctx = {
-        "vgg": vgg_params,
+        "vgg": vgg.prepare_params_jit(vgg_params, init[None].shape, spec.layers, spec.conv_impl),
         "targets": targets,
         "weights": loss_weights,
         "lr": jnp.float32(settings.resolved_lr),

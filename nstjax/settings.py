@@ -40,7 +40,7 @@ class Settings:
     save_every: int = 0  # 0: no intermediate images
     chunk_size: int = 20  # steps per chunk between returns to Python
     loop: str = "auto"  # device: one compiled fori_loop per chunk; host: see optim.resolve_loop
-    conv_impl: str = "xla"  # a key of nstjax.conv.CONV_IMPLS
+    conv_impl: str = conv.DEFAULT_IMPL  # a key of nstjax.conv.CONV_IMPLS
     weights: str = "auto"  # a source name or a weights file
     weights_format: str | None = None
 

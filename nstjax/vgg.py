@@ -74,7 +74,11 @@ def downsampling(layer: str) -> int:
 
 
 class Conv3x3(nn.Module):
-    """3x3 'SAME' convolution with params ``kernel`` (HWIO) and ``bias``."""
+    """3x3 'SAME' convolution with params ``kernel`` (HWIO) and ``bias``.
+
+    An optional param ``winograd`` (from :func:`prepare_params`) holds the kernel's
+    Winograd transforms, used when ``impl`` picks Winograd for this input shape.
+    """
 
     features: int
     impl: str = "xla"
@@ -86,7 +90,12 @@ class Conv3x3(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv.conv3x3(x, kernel.astype(self.dtype), bias.astype(self.dtype), self.impl)
+        prepared = None
+        if self.has_variable("params", "winograd") and self.dtype == jnp.float32:
+            prepared = self.get_variable("params", "winograd")
+        return conv.conv3x3(
+            x, kernel.astype(self.dtype), bias.astype(self.dtype), self.impl, prepared
+        )
 
 
 class VGG19(nn.Module):
@@ -145,6 +154,35 @@ def features(
     needed = {n: params[n] for n in LAYERS[: last + 1] if n in PARAM_SHAPES}
     model = VGG19(layers=layers, pooling=pooling, dtype=dtype, conv_impl=conv_impl)
     return model.apply({"params": needed}, image_BxHxWx3)
+
+
+def prepare_params(
+    params: Mapping, image_shape: Sequence[int], layers: Sequence[str], conv_impl: str
+) -> dict:
+    """``params`` plus, for every conv layer that ``conv_impl`` runs as Winograd at this
+    image shape (B, H, W, C), its transformed kernels (param ``winograd``).
+
+    Style transfer evaluates the same VGG hundreds of times, so the transforms are made
+    once here instead of in every step. Layers past the deepest of ``layers`` are
+    dropped. Jit-compatible; :func:`prepare_params_jit` is the compiled version.
+    """
+    layers = check_layers(layers)
+    last = max(LAYER_INDEX[name] for name in layers)
+    h, w = image_shape[1], image_shape[2]
+    out = {}
+    for name in LAYERS[: last + 1]:
+        if name.startswith("pool"):
+            h, w = h // 2, w // 2
+        elif name in PARAM_SHAPES:
+            entry = {"kernel": params[name]["kernel"], "bias": params[name]["bias"]}
+            m = conv.tile_size(conv_impl, h, w, PARAM_SHAPES[name]["kernel"][2])
+            if m:
+                entry["winograd"] = conv.prepare_kernel(entry["kernel"], m)
+            out[name] = entry
+    return out
+
+
+prepare_params_jit = jax.jit(prepare_params, static_argnums=(1, 2, 3))
 
 
 def init_params(rng: jax.Array) -> dict:

@@ -14,9 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nstjax import conv
+from nstjax import conv, vgg, winograd
 
-TOLERANCE = {"xla": 1e-5, "winograd2": 1e-5, "winograd4": 5e-5, "winograd4_wide": 5e-5}
+TOLERANCE = {
+    "xla": 1e-5,
+    "auto": 5e-5,
+    "winograd2": 1e-5,
+    "winograd4": 5e-5,
+    "winograd4_wide": 5e-5,
+}
 # (batch, height, width, in channels, out channels): odd, even, non-square, tiny sizes;
 # 3 input channels take the hybrids' XLA path. Op-by-op (jit=False) runs are slow, so
 # only one shape runs without jit.
@@ -60,11 +66,11 @@ def random_problem(shape, seed=0):
     return x, kernel, cotangent
 
 
-@pytest.mark.parametrize("m", sorted(conv.WINOGRAD_POINTS))
+@pytest.mark.parametrize("m", sorted(winograd.POINTS))
 def test_winograd_matrices_are_exact(m):
     at, g, bt = (
         np.array([[Fraction(v).limit_denominator(1 << 12) for v in row] for row in a])
-        for a in conv.winograd_matrices(m)
+        for a in winograd.matrices(m)
     )
     for k in range(m):
         for j in range(3):
@@ -74,14 +80,17 @@ def test_winograd_matrices_are_exact(m):
 
 def test_toom_cook_rejects_bad_points():
     with pytest.raises(ValueError):
-        conv.toom_cook((0.0, 1.0, 1.0), 2)
+        winograd.toom_cook((0.0, 1.0, 1.0), 2)
 
 
 @pytest.mark.parametrize("impl", sorted(conv.CONV_IMPLS))
 @pytest.mark.parametrize(("shape", "jit"), [(s, True) for s in SHAPES] + [(SHAPES[1], False)])
 def test_impl_matches_reference(impl, shape, jit):
     x, kernel, cotangent = random_problem(shape)
-    f = conv.CONV_IMPLS[impl]
+
+    def f(a, k):
+        return conv.convolve(a, k, impl)
+
     f = jax.jit(f) if jit else f
     y = f(jnp.asarray(x), jnp.asarray(kernel))
     assert y.shape == shape[:3] + (shape[4],) and y.dtype == jnp.float32
@@ -96,15 +105,15 @@ def test_impl_matches_reference(impl, shape, jit):
     assert relative_error(dx, reference_input_grad(kernel, cotangent)) < TOLERANCE[impl]
 
 
-@pytest.mark.parametrize("m", sorted(conv.WINOGRAD_POINTS))
+@pytest.mark.parametrize("m", sorted(winograd.POINTS))
 def test_winograd_few_channels_and_kernel_grad(m):
     # The pure Winograd path (the hybrids send < 16 channels to XLA), and the kernel
     # gradient that the custom VJP delegates to XLA.
     x, kernel, cotangent = random_problem((2, 7, 10, 3, 5), seed=1)
-    y = conv.conv_winograd(jnp.asarray(x), jnp.asarray(kernel), m)
+    y = winograd.conv_winograd(jnp.asarray(x), jnp.asarray(kernel), m)
     assert relative_error(y, reference_conv(x, kernel)) < TOLERANCE[f"winograd{m}"]
     dx, dk = jax.grad(
-        lambda a, k: jnp.sum(conv.conv_winograd(a, k, m) * cotangent), argnums=(0, 1)
+        lambda a, k: jnp.sum(winograd.conv_winograd(a, k, m) * cotangent), argnums=(0, 1)
     )(jnp.asarray(x), jnp.asarray(kernel))
     assert relative_error(dx, reference_input_grad(kernel, cotangent)) < TOLERANCE[f"winograd{m}"]
     dk_ref = jax.grad(lambda k: jnp.sum(conv.conv_xla(jnp.asarray(x), k) * cotangent))(
@@ -122,3 +131,66 @@ def test_conv3x3_adds_bias_and_checks_impl():
     assert conv.DEFAULT_IMPL in conv.CONV_IMPLS
     with pytest.raises(conv.UsageError):
         conv.conv3x3(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias), "nope")
+
+
+@pytest.mark.parametrize("m", sorted(winograd.POINTS))
+def test_pretransformed_kernels_match_reference(m):
+    # The per-run kernel transforms: same values and input gradient; the transformed
+    # kernels are constants (zero cotangent).
+    x, kernel, cotangent = random_problem((2, 9, 14, 16, 8), seed=2)
+    prepared = conv.prepare_kernel(jnp.asarray(kernel), m)
+    assert prepared["fwd"].shape == ((m + 2) ** 2, 16, 8)
+    assert prepared["bwd"].shape == ((m + 2) ** 2, 8, 16)
+    impl = f"winograd{m}"
+
+    def functional(x_, prep):
+        return jnp.sum(conv.convolve(x_, jnp.asarray(kernel), impl, prep) * cotangent)
+
+    y = jax.jit(lambda a, p: conv.convolve(a, jnp.asarray(kernel), impl, p))(
+        jnp.asarray(x), prepared
+    )
+    assert relative_error(y, reference_conv(x, kernel)) < TOLERANCE[impl]
+    dx, dprep = jax.jit(jax.grad(functional, argnums=(0, 1)))(jnp.asarray(x), prepared)
+    assert relative_error(dx, reference_input_grad(kernel, cotangent)) < TOLERANCE[impl]
+    assert all(float(jnp.abs(v).max()) == 0.0 for v in jax.tree.leaves(dprep))
+    # A transform for another tile size is ignored (computed inline instead).
+    other = conv.prepare_kernel(jnp.asarray(kernel), 6 - m)
+    y2 = conv.convolve(jnp.asarray(x), jnp.asarray(kernel), impl, other)
+    assert relative_error(y2, reference_conv(x, kernel)) < TOLERANCE[impl]
+
+
+def test_auto_policy_picks_winograd_where_it_pays_on_cpu():
+    assert jax.default_backend() == "cpu"
+    assert conv.tile_size("auto", 64, 64, 256) == 4
+    assert conv.tile_size("auto", 32, 32, 512) == 4
+    assert conv.tile_size("auto", 128, 128, 128) == 4
+    assert conv.tile_size("auto", 256, 256, 64) == 0  # high resolution: memory-bound
+    assert conv.tile_size("auto", 128, 128, 64) == 0  # few channels
+    assert conv.tile_size("auto", 16, 16, 512) == 0  # too few tiles
+    assert conv.tile_size("xla", 64, 64, 256) == 0
+    assert conv.tile_size("winograd2", 8, 8, 16) == 2
+    with pytest.raises(conv.UsageError, match="unknown convolution implementation"):
+        conv.tile_size("fft", 8, 8, 16)
+
+
+def test_prepare_params_transforms_exactly_the_winograd_layers():
+    params = vgg.init_params(jax.random.PRNGKey(0))
+    layers = ("relu1_1", "relu4_2")
+    # 256x256: conv2_2 (128x128, 128 ch) .. conv4_2 (32x32) run F(4x4, 3x3).
+    prepared = vgg.prepare_params(params, (1, 256, 256, 3), layers, "auto")
+    expected = ["conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv3_4", "conv4_1", "conv4_2"]
+    assert sorted(k for k, v in prepared.items() if "winograd" in v) == expected
+    assert "conv4_3" not in prepared  # past the deepest requested layer
+    assert prepared["conv3_2"]["winograd"]["fwd"].shape == (36, 256, 256)
+    assert not any(
+        "winograd" in v
+        for v in vgg.prepare_params(params, (1, 256, 256, 3), layers, "xla").values()
+    )
+    # Features agree with XLA's convolution, with and without the prepared kernels.
+    x = jax.random.uniform(jax.random.PRNGKey(1), (1, 64, 48, 3)) * 255
+    ref = vgg.features(params, x, layers, conv_impl="xla")
+    prep = vgg.prepare_params(params, x.shape, layers, "winograd4")
+    for p in (prep, params):
+        out = jax.jit(lambda p_, x_: vgg.features(p_, x_, layers, conv_impl="winograd4"))(p, x)
+        for k in layers:
+            assert relative_error(out[k], np.asarray(ref[k], np.float64)) < 5e-5

@@ -1,0 +1,214 @@
+"""Winograd minimal filtering for 3x3 'SAME' convolutions (NHWC x HWIO).
+
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2015), F(m x m, 3 x 3):
+each (m+2) x (m+2) input tile and the kernel are taken to a transform domain of
+n^2 = (m+2)^2 points, where the convolution becomes one matrix product per point over
+the channels, and the products are taken back to an m x m output tile. That needs
+9 m^2 / n^2 times fewer multiplications than direct convolution (2.25x for m = 2, 4x
+for m = 4).
+
+Style transfer never changes the VGG weights, so the kernels can be transformed once
+per run (:func:`transformed_kernels`) and passed to the compiled step as data
+(:func:`conv_pretransformed`); :func:`conv_winograd` transforms them on every call.
+Both have a custom VJP: the input gradient of a stride-1 'SAME' 3x3 convolution is
+the same convolution with the kernel rotated by 180 degrees and its channel axes
+swapped, so the backward pass is Winograd too.
+
+The tile transforms are written as one small linear combination of strided slices
+per transform point, stacked: on XLA:CPU that compiles to many small fusions (slow to
+compile, ~0.1 s per layer) that run several times faster than the same transforms
+written as products with the constant matrices (measured in benchmarks/conv_speed.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Matrix = tuple[tuple[float, ...], ...]
+
+
+def toom_cook(points: Sequence[float], m: int, r: int = 3) -> tuple[Matrix, Matrix, Matrix]:
+    """Winograd matrices ``(A^T, G, B^T)`` of F(m, r) for finite ``points`` and infinity.
+
+    1-D correlation ``y[k] = sum_j g[j] d[k + j]`` of an ``m + r - 1`` input tile
+    ``d`` is then ``y = A^T ((G g) * (B^T d))``. ``A^T`` evaluates at the points
+    and ``G`` interpolates with Lagrange weights (exact rationals); ``B^T`` is the
+    unique solution of the linear identity above, solved in float64 and checked.
+    """
+    n = m + r - 1
+    if len(points) != n - 1 or len(set(points)) != n - 1:
+        raise ValueError(f"F({m},{r}) needs {n - 1} distinct finite points, got {points}")
+    pts = [Fraction(p) for p in points]
+    at = [[p**k for p in pts] + [Fraction(k == m - 1)] for k in range(m)]
+    g = []
+    for i, p in enumerate(pts):
+        denominator = Fraction(1)
+        for j, q in enumerate(pts):
+            denominator *= p - q if j != i else 1
+        g.append([p**k / denominator for k in range(r)])
+    g.append([Fraction(k == r - 1) for k in range(r)])
+    # Unknown B^T[i, q]: for all k, j, q, sum_i A^T[k, i] G[i, j] B^T[i, q] = [q == k + j].
+    # Solved in float64, snapped to small rationals and checked exactly.
+    system = np.zeros((m, r, n, n, n))
+    rhs = np.zeros((m, r, n))
+    for k in range(m):
+        for j in range(r):
+            rhs[k, j, k + j] = 1.0
+            for q in range(n):
+                system[k, j, q, :, q] = [float(at[k][i] * g[i][j]) for i in range(n)]
+    solution = np.linalg.lstsq(system.reshape(-1, n * n), rhs.ravel(), rcond=None)[0]
+    bt = [
+        [Fraction(float(v)).limit_denominator(1 << 12) for v in solution[i * n : i * n + n]]
+        for i in range(n)
+    ]
+    for k in range(m):
+        for j in range(r):
+            for q in range(n):
+                if sum(at[k][i] * g[i][j] * bt[i][q] for i in range(n)) != (q == k + j):
+                    raise ValueError(f"no Winograd transform for points {points}")
+
+    def as_tuple(a):
+        return tuple(tuple(float(v) for v in row) for row in a)
+
+    return as_tuple(at), as_tuple(g), as_tuple(bt)
+
+
+POINTS: dict[int, tuple[float, ...]] = {
+    2: (0.0, 1.0, -1.0),
+    4: (0.0, 1.0, -1.0, 0.5, -0.5),
+}
+"""Finite interpolation points of F(m x m, 3 x 3) (plus infinity), by output tile size m.
+
+For m = 4, +-1/2 keep float32 errors as small as Lavin & Gray's +-2 do (both a few
+1e-6 of the output's range, see tests/test_conv.py), with smaller transform entries.
+"""
+
+
+@functools.cache
+def matrices(m: int) -> tuple[Matrix, Matrix, Matrix]:
+    """``(A^T, G, B^T)`` of F(m x m, 3 x 3) with :data:`POINTS`."""
+    return toom_cook(POINTS[m], m)
+
+
+def kernel_transform(kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
+    """``G k G^T`` for every (input, output) channel pair: ``(m+2)^2 x C x O``."""
+    g = np.asarray(matrices(m)[1], np.float32)
+    u = jnp.einsum("ua,vb,abco->uvco", g, g, kernel_3x3xCxO)
+    return u.reshape((m + 2) ** 2, *kernel_3x3xCxO.shape[2:])
+
+
+def flipped(kernel_3x3xCxO: jax.Array) -> jax.Array:
+    """The kernel of the input gradient: rotated by 180 degrees, channel axes swapped."""
+    return jnp.flip(kernel_3x3xCxO, (0, 1)).swapaxes(2, 3)
+
+
+def transformed_kernels(kernel_3x3xCxO: jax.Array, m: int) -> dict[str, jax.Array]:
+    """``{"fwd": T x C x O, "bwd": T x O x C}``: what :func:`conv_pretransformed` takes."""
+    return {
+        "fwd": kernel_transform(kernel_3x3xCxO, m),
+        "bwd": kernel_transform(flipped(kernel_3x3xCxO), m),
+    }
+
+
+def _combination(coefficients: Sequence[float], parts: Sequence[jax.Array]) -> jax.Array:
+    """``sum_i coefficients[i] * parts[i]``, skipping zeros and multiplications by +-1."""
+    total = None
+    for c, part in zip(coefficients, parts, strict=True):
+        if c == 0:
+            continue
+        term = part if c == 1 else -part if c == -1 else part * np.float32(c)
+        total = term if total is None else total + term
+    return total if total is not None else jnp.zeros_like(parts[0])
+
+
+def _input_transform(x_BxHxWxC: jax.Array, m: int):
+    """Tiles ``B^T d B`` of the zero-padded input: ``(T, B*th*tw, C)`` and ``(B, th, tw)``."""
+    bt = matrices(m)[2]
+    n = m + 2
+    b, h, w, c = x_BxHxWxC.shape
+    th, tw = -(-h // m), -(-w // m)
+    x = jnp.pad(x_BxHxWxC, ((0, 0), (1, th * m + 1 - h), (1, tw * m + 1 - w), (0, 0)))
+    rows = [x[:, a : a + (th - 1) * m + 1 : m] for a in range(n)]  # B, th, W+2, C
+    points = []
+    for u in range(n):
+        row = _combination(bt[u], rows)
+        cols = [row[:, :, a : a + (tw - 1) * m + 1 : m] for a in range(n)]  # B, th, tw, C
+        points += [_combination(bt[v], cols) for v in range(n)]
+    return jnp.stack(points).reshape(n * n, b * th * tw, c), (b, th, tw)
+
+
+def _output_transform(prod_TxPxO: jax.Array, m: int, tiles, h: int, w: int) -> jax.Array:
+    """``A^T M A`` of every tile's products, assembled and cropped to ``B x h x w x O``."""
+    at = matrices(m)[0]
+    n = m + 2
+    b, th, tw = tiles
+    o = prod_TxPxO.shape[-1]
+    p = prod_TxPxO.reshape(n, n, b, th, tw, o)
+    cols = [[_combination(at[k], [p[u, v] for u in range(n)]) for v in range(n)] for k in range(m)]
+    y = jnp.stack(
+        [jnp.stack([_combination(at[j], cols[k]) for j in range(m)], axis=3) for k in range(m)],
+        axis=2,
+    )  # B, th, k (row in tile), tw, j (column in tile), O
+    return y.reshape(b, th * m, tw * m, o)[:, :h, :w]
+
+
+def _forward(x_BxHxWxC: jax.Array, u_TxCxO: jax.Array, m: int) -> jax.Array:
+    v_TxPxC, tiles = _input_transform(x_BxHxWxC, m)
+    prod_TxPxO = jnp.einsum("tpc,tco->tpo", v_TxPxC, u_TxCxO)
+    return _output_transform(prod_TxPxO, m, tiles, *x_BxHxWxC.shape[1:3])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_winograd(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
+    """Winograd F(m x m, 3 x 3) 'SAME' convolution; any H and W (padded to tiles, cropped).
+
+    The kernel is transformed on every call. The kernel gradient, rarely wanted here,
+    is XLA's; unused, it is dead code under jit. Forward-mode (jvp) is not supported.
+    """
+    return _forward(x_BxHxWxC, kernel_transform(kernel_3x3xCxO, m), m)
+
+
+def _winograd_fwd(x_BxHxWxC, kernel_3x3xCxO, m):
+    return conv_winograd(x_BxHxWxC, kernel_3x3xCxO, m), (x_BxHxWxC, kernel_3x3xCxO)
+
+
+def _winograd_bwd(m, residuals, dy_BxHxWxO):
+    x_BxHxWxC, kernel_3x3xCxO = residuals
+    dx = _forward(dy_BxHxWxO, kernel_transform(flipped(kernel_3x3xCxO), m), m)
+    _, kernel_vjp = jax.vjp(
+        lambda k: jax.lax.conv_general_dilated(
+            x_BxHxWxC, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        ),
+        kernel_3x3xCxO,
+    )
+    return dx, kernel_vjp(dy_BxHxWxO)[0]
+
+
+conv_winograd.defvjp(_winograd_fwd, _winograd_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_pretransformed(x_BxHxWxC: jax.Array, kernels: dict[str, jax.Array], m: int) -> jax.Array:
+    """Winograd convolution with kernels from :func:`transformed_kernels`.
+
+    The transformed kernels are treated as constants: their cotangent is zero (as if
+    under ``stop_gradient``). Differentiate :func:`conv_winograd` for kernel gradients.
+    """
+    return _forward(x_BxHxWxC, kernels["fwd"], m)
+
+
+def _pre_fwd(x_BxHxWxC, kernels, m):
+    return _forward(x_BxHxWxC, kernels["fwd"], m), kernels
+
+
+def _pre_bwd(m, kernels, dy_BxHxWxO):
+    return _forward(dy_BxHxWxO, kernels["bwd"], m), jax.tree.map(jnp.zeros_like, kernels)
+
+
+conv_pretransformed.defvjp(_pre_fwd, _pre_bwd)
