@@ -81,7 +81,12 @@ def _add_stylize(sub) -> None:
     p.add_argument("--save-every", type=int, default=_DEFAULTS.save_every)
     p.add_argument("--chunk-size", type=int, default=_DEFAULTS.chunk_size)
     p.add_argument("--loop", default=_DEFAULTS.loop, help="auto | device | host")
-    p.add_argument("--conv-impl", default=_DEFAULTS.conv_impl)
+    p.add_argument(
+        "--conv-impl",
+        default=_DEFAULTS.conv_impl,
+        help="convolution algorithm policy: auto (Winograd where it pays on CPU), xla, "
+        "winograd2, winograd4, winograd4_wide; xla compiles ~10x faster for short runs",
+    )
     p.add_argument("--memory-size", type=int, default=_DEFAULTS.memory_size)
     p.add_argument("--weights", default=_DEFAULTS.weights, help="source name or weights file")
     p.add_argument("--weights-format", help="format of a --weights file (if not detected)")
