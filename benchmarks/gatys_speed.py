@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--optimizer", default="lbfgs")
-    p.add_argument("--conv-impl", default="xla")
+    p.add_argument("--conv-impl", default="auto")
     p.add_argument("--loop", default="auto")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
