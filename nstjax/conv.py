@@ -51,7 +51,8 @@ AUTO_PIXELS = (32 * 32, 128 * 128)
 def _auto(h: int, w: int, c: int) -> int:
     """On CPU, F(4x4, 3x3) where it measured faster than XLA, else XLA.
 
-    On the 2-core AVX2 machine (benchmarks/conv_speed.py --layers) Winograd wins 1.5-2x on
+    On the 2-core AVX2 machine (per-layer timings while developing; whole steps in
+    benchmarks/impl_ab.py) Winograd wins 1.5-2x on
     layers with >= 128 input channels and 32x32 to 128x128 pixels; at higher resolution
     its transforms are memory-bound and XLA's convolution wins, and below 32x32 the tile
     padding eats the gain. GPUs and TPUs keep XLA's convolution (cuDNN picks its own

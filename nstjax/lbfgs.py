@@ -83,8 +83,8 @@ def scale_by_lbfgs(memory_size: int = 10) -> optax.GradientTransformation:
             (state.diff_params_memory, state.diff_updates_memory, state.weights_memory),
             (s, y, rho),
         )
-        yy = _vdot(y, y)
-        gamma = jnp.where(yy > 0.0, _vdot(y, s) / yy, 1.0)
+        yy = _vdot(y, y)  # 0 on the first step, where gamma is capped instead
+        gamma = jnp.where(yy > 0.0, sy / yy, 1.0)
         norm = jnp.sqrt(_vdot(updates, updates))
         gamma = jnp.where(first, jnp.minimum(1.0, 1.0 / norm), gamma)
         direction = precondition(updates, s_memory, y_memory, rho_memory, gamma, memory_idx)

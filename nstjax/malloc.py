@@ -5,9 +5,9 @@ blocks come from ``mmap`` and go back to the kernel when freed, and worker threa
 allocate from their own arenas, which are trimmed too; so every optimization step
 page-faults and zero-fills hundreds of MiB again. Keeping freed memory in one heap
 (one arena, no ``mmap`` for large blocks, no trimming) removes that: measured on the
-2-core machine, a Winograd VGG layer went from 90 to 45 ms and a Gatys step at 256x256
-from about 0.87 to 0.70 s (benchmarks/gatys_speed.py). The cost is that the process keeps its
-peak heap until it exits (peak RSS is about what it was).
+2-core machine, one Winograd VGG layer went from 84-90 to 40-45 ms, and an XLA-convolution
+Gatys value+grad at 256x256 from 0.87 to 0.80 s (``benchmarks/conv_speed.py --impls xla``).
+The cost is that the process keeps its peak heap until it exits.
 
 Applied only on Linux with glibc, before JAX starts its threads (the settings cover
 arenas created afterwards), so import nstjax before running JAX code. Opt out with
