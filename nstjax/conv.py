@@ -2,7 +2,7 @@
 
 VGG19 spends nearly all its time in 3x3 convolutions, so how they are computed
 decides the speed of style transfer. :data:`CONV_IMPLS` is an explicit registry of
-*tile policies*: given a layer's input height, width and channels, a policy picks
+*tile policies*: given a layer's input height, width, input and output channels, a policy picks
 XLA's own convolution (``0``) or Winograd F(m x m, 3 x 3) (``m``, see
 :mod:`nstjax.winograd`). All compute the same function to float32 rounding.
 
@@ -33,36 +33,38 @@ def conv_xla(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
     )
 
 
-Policy = Callable[[int, int, int], int]
+Policy = Callable[[int, int, int, int], int]
 
 
 def _fixed(m: int, min_channels: int) -> Policy:
-    def policy(h: int, w: int, c: int) -> int:
-        del h, w
+    def policy(h: int, w: int, c: int, o: int) -> int:
+        del h, w, o
         return m if c >= min_channels else 0
 
     return policy
 
 
-AUTO_MIN_CHANNELS = 128
-AUTO_PIXELS = (32 * 32, 128 * 128)
+AUTO_MIN_CHANNELS = (64, 128)  # input, output
+AUTO_PIXELS = (32 * 32, 256 * 256)
 
 
-def _auto(h: int, w: int, c: int) -> int:
+def _auto(h: int, w: int, c: int, o: int) -> int:
     """On CPU, F(4x4, 3x3) where it measured faster than XLA, else XLA.
 
-    On the 2-core AVX2 machine (per-layer timings while developing; whole steps in
-    benchmarks/impl_ab.py) Winograd wins 1.5-2x on
-    layers with >= 128 input channels and 32x32 to 128x128 pixels; at higher resolution
-    its transforms are memory-bound and XLA's convolution wins, and below 32x32 the tile
-    padding eats the gain. GPUs and TPUs keep XLA's convolution (cuDNN picks its own
-    algorithms, Winograd among them).
+    On the 2-core AVX2 machine (per-layer forward timings, Winograd vs XLA, in ms:
+    128x128 64->128 11 vs 18, 256x256 64->128 50 vs 74, 256x256 128->128 116 vs 147,
+    64x64 256->256 15 vs 28; whole steps in benchmarks/impl_ab.py) Winograd wins on
+    layers with >= 64 input and >= 128 output channels from 32x32 to 256x256 pixels.
+    With 64 output channels its input transform (memory-bound: 2.25x the input is
+    written) costs as much as the convolution it saves (512x512 64->64: 180 vs 167),
+    and below 32x32 the tile padding and the small products eat the gain. GPUs and
+    TPUs keep XLA's convolution (cuDNN picks its own algorithms, Winograd among them).
     """
     if jax.default_backend() != "cpu":
         return 0
     pixels = h * w
-    ok = c >= AUTO_MIN_CHANNELS and AUTO_PIXELS[0] <= pixels <= AUTO_PIXELS[1]
-    return 4 if ok else 0
+    wide = c >= AUTO_MIN_CHANNELS[0] and o >= AUTO_MIN_CHANNELS[1]
+    return 4 if wide and AUTO_PIXELS[0] <= pixels <= AUTO_PIXELS[1] else 0
 
 
 CONV_IMPLS: dict[str, Policy] = {
@@ -86,9 +88,9 @@ def check_impl(name: str) -> str:
     return name
 
 
-def tile_size(impl: str, h: int, w: int, c: int) -> int:
+def tile_size(impl: str, h: int, w: int, c: int, o: int) -> int:
     """Winograd output tile size the policy ``impl`` picks for a layer (0: XLA)."""
-    return CONV_IMPLS[check_impl(impl)](h, w, c)
+    return CONV_IMPLS[check_impl(impl)](h, w, c, o)
 
 
 def prepare_kernel(kernel_3x3xCxO: jax.Array, m: int) -> dict[str, jax.Array]:
@@ -108,7 +110,7 @@ def convolve(
     picked (its gradient w.r.t. the kernel is then zero), else ignored.
     """
     _, h, w, c = x_BxHxWxC.shape
-    m = tile_size(impl, h, w, c)
+    m = tile_size(impl, h, w, c, kernel_3x3xCxO.shape[3])
     if m == 0:
         return conv_xla(x_BxHxWxC, kernel_3x3xCxO)
     if prepared is not None and prepared["fwd"].shape[0] == (m + 2) ** 2:

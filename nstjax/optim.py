@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nstjax import lbfgs, objective
+from nstjax import lbfgs, objective, xla_flags
 from nstjax.errors import UsageError
 
 
@@ -186,13 +186,14 @@ class ChunkRunner:
                 donate_argnums=(4,),
                 out_shardings=(state_sh, None),
             )
+        options = xla_flags.step_compiler_options(jax.default_backend())
         t0 = time.perf_counter()
         if self.loop == "device":
             self._compiled = chunk_fn.lower(
                 obj, opt, batched, chunk_size, state, jnp.int32(0), ctx
-            ).compile()
+            ).compile(options)
         else:
-            self._compiled = step_fn.lower(obj, opt, batched, state, ctx).compile()
+            self._compiled = step_fn.lower(obj, opt, batched, state, ctx).compile(options)
         self.compile_seconds = time.perf_counter() - t0
 
     def __call__(self, state: dict, n_steps: int, ctx: dict):

@@ -175,7 +175,7 @@ def prepare_params(
             h, w = h // 2, w // 2
         elif name in PARAM_SHAPES:
             entry = {"kernel": params[name]["kernel"], "bias": params[name]["bias"]}
-            m = conv.tile_size(conv_impl, h, w, PARAM_SHAPES[name]["kernel"][2])
+            m = conv.tile_size(conv_impl, h, w, *PARAM_SHAPES[name]["kernel"][2:])
             if m:
                 entry["winograd"] = conv.prepare_kernel(entry["kernel"], m)
             out[name] = entry

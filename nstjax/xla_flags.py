@@ -1,18 +1,26 @@
-"""Default XLA flags for the CPU backend, applied when nstjax is imported.
+"""Default XLA settings for the CPU backend: process flags at import, per-program options.
 
-Measured on a 2-core AVX2 machine (``benchmarks/gatys_speed.py``, 256x256): routing XLA:CPU's
-matrix products through YNNPACK (``--xla_cpu_experimental_ynn_fusion_type=dot``) makes a
-Gatys step about 15% faster (the Gram matrices and their gradients are long, skinny
-products). Flags must be in ``XLA_FLAGS`` before JAX starts its CPU backend, so this runs
-at import time and only appends flags the user has not set. Opt out with
-``NSTJAX_XLA_DEFAULTS=0``; older jaxlib versions, which may not know the flag, are skipped.
+Routing XLA:CPU's matrix products through YNNPACK
+(``--xla_cpu_experimental_ynn_fusion_type=dot``) makes the fast arbitrary-style network
+about 15% faster (``benchmarks/arbitrary_speed.py``). Flags must be in ``XLA_FLAGS``
+before JAX starts its CPU backend, so :func:`apply` runs at import time and only appends
+flags the user has not set.
+
+The Gatys step is the other way round: its largest products are the batched Winograd
+products (36 per layer), which XLA's own (Eigen) dot runs at 120-130 GFLOP/s against
+YNNPACK's 90-115 here, and whole 256x256 L-BFGS steps measured 8-10% faster without
+YNNPACK (``benchmarks/impl_ab.py`` in processes with each setting, alternated). So the
+step program is compiled with :func:`step_compiler_options`, which switches YNNPACK off
+for that program only. Opt out of both with ``NSTJAX_XLA_DEFAULTS=0``; older jaxlib
+versions, which may not know the flag, are skipped.
 """
 
 from __future__ import annotations
 
 import os
 
-CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot",)
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+CPU_FLAGS = (f"{YNN_FLAG}=dot",)
 MIN_JAXLIB = (0, 10)
 
 
@@ -27,10 +35,28 @@ def _jaxlib_version() -> tuple[int, ...]:
 
 def apply(environ=os.environ) -> list[str]:
     """Appends the default flags to ``XLA_FLAGS`` (those not already named); returns them."""
-    if environ.get("NSTJAX_XLA_DEFAULTS", "1") == "0" or _jaxlib_version() < MIN_JAXLIB:
+    if not _enabled(environ):
         return []
     current = environ.get("XLA_FLAGS", "")
     added = [f for f in CPU_FLAGS if f.split("=")[0] not in current]
     if added:
         environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return added
+
+
+def _enabled(environ) -> bool:
+    return environ.get("NSTJAX_XLA_DEFAULTS", "1") != "0" and _jaxlib_version() >= MIN_JAXLIB
+
+
+def step_compiler_options(backend: str, environ=os.environ) -> dict[str, str]:
+    """Compiler options for the optimization-step programs (``{}``: the process defaults).
+
+    On CPU, YNNPACK is switched off for the program unless the user chose its fusion
+    types in ``XLA_FLAGS`` (any value other than this module's default).
+    """
+    if backend != "cpu" or not _enabled(environ):
+        return {}
+    for flag in environ.get("XLA_FLAGS", "").split():
+        if flag.startswith(YNN_FLAG + "=") and flag not in CPU_FLAGS:
+            return {}
+    return {YNN_FLAG.removeprefix("--"): ""}

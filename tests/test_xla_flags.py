@@ -1,0 +1,65 @@
+"""Default XLA settings: process flags at import, per-program options (nstjax/xla_flags.py)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nstjax import optim, xla_flags
+
+YNN = "xla_cpu_experimental_ynn_fusion_type"
+
+
+def test_apply_appends_only_flags_the_user_did_not_set():
+    env = {"XLA_FLAGS": "--xla_foo=1"}
+    assert xla_flags.apply(env) == [f"--{YNN}=dot"]
+    assert env["XLA_FLAGS"] == f"--xla_foo=1 --{YNN}=dot"
+    env = {"XLA_FLAGS": f"--{YNN}=eltwise"}
+    assert xla_flags.apply(env) == []
+    assert env["XLA_FLAGS"] == f"--{YNN}=eltwise"
+    env = {"NSTJAX_XLA_DEFAULTS": "0"}
+    assert xla_flags.apply(env) == [] and "XLA_FLAGS" not in env
+
+
+def test_step_options_switch_ynn_off_on_cpu_only():
+    assert xla_flags.step_compiler_options("cpu", {"XLA_FLAGS": f"--{YNN}=dot"}) == {YNN: ""}
+    assert xla_flags.step_compiler_options("cpu", {}) == {YNN: ""}
+    assert xla_flags.step_compiler_options("gpu", {}) == {}
+    assert xla_flags.step_compiler_options("cpu", {"NSTJAX_XLA_DEFAULTS": "0"}) == {}
+    # A fusion type the user chose is kept.
+    assert xla_flags.step_compiler_options("cpu", {"XLA_FLAGS": f"--{YNN}=dot,eltwise"}) == {}
+
+
+def test_options_reach_the_compiled_program():
+    x = jnp.asarray(np.random.default_rng(0).random((8, 64, 64)), jnp.float32)
+    f = jax.jit(lambda a: jnp.einsum("tpc,tco->tpo", a, a))
+    assert "__ynn_fusion" in f.lower(x).compile().as_text()  # the process default
+    options = xla_flags.step_compiler_options("cpu")
+    assert "__ynn_fusion" not in f.lower(x).compile(options).as_text()
+
+
+def test_chunk_runner_compiles_the_step_with_the_options(monkeypatch, real_weights):
+    seen = []
+    real = xla_flags.step_compiler_options
+
+    def spy(backend, environ=None):
+        out = real(backend) if environ is None else real(backend, environ)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(optim.xla_flags, "step_compiler_options", spy)
+    from nstjax import gatys
+    from nstjax.settings import Settings
+
+    rng = np.random.default_rng(0)
+    content = rng.uniform(0, 255, (16, 16, 3)).astype(np.float32)
+    problem = gatys.prepare(
+        Settings(size=16, style_layers=("relu1_1",), content_layers=("relu1_2",)),
+        content,
+        [content[::-1]],
+        real_weights,
+    )
+    state = optim.init_state(problem.opt, problem.init_BxHxWx3)
+    optim.ChunkRunner(problem.spec, problem.opt, 2, "host", state, problem.ctx)
+    assert seen == [{YNN: ""}]
