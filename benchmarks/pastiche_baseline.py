@@ -21,6 +21,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     args = p.parse_args()
     artist = PasticheArtist(
         str(IMAGES / "tubingen.jpg"),
@@ -28,7 +29,8 @@ def main():
         device="cpu",
         size=(args.size, args.size),  # square, as benchmarks/gatys_speed.py
     )
-    artist.draw()  # warm-up
+    for _ in range(args.warmup):  # as benchmarks/gatys_speed.py
+        artist.draw()
     t = time.perf_counter()
     for _ in range(args.steps):
         artist.draw()
