@@ -8,6 +8,16 @@ The weights are a params pytree ``{"conv1_1": {"kernel": HWIO, "bias": O}, ...}`
 passed to :func:`features` as an argument, so they are never baked into a
 compiled program as constants. Only the layers up to the deepest requested one
 are computed.
+
+Pooling is 2x2 with stride 2. By default an odd-sized map drops its last row or
+column (floor rounding, the historical behaviour here). ``ceil_mode=True`` gives
+Caffe's rounding, as in the original VGG19: the output has ceil(n / 2) rows and
+columns, and a border window that sticks out of the map is clipped to it, so max
+pooling takes the maximum of the valid elements and average pooling divides by
+their number (Caffe's ``PoolingLayer::Forward_cpu``, BVLC/caffe
+src/caffe/layers/pooling_layer.cpp: with ``pad = 0``, ``pool_size`` is computed
+from ``hend = min(hstart + kernel, height)``). :func:`feature_hw` gives the map
+size of any layer in either mode.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nstjax import conv
 from nstjax.errors import UsageError
@@ -68,9 +79,53 @@ def channels(layer: str) -> int:
 
 
 def downsampling(layer: str) -> int:
-    """How many times the spatial size was halved before this layer's output."""
+    """How many times the spatial size was halved before this layer's output.
+
+    The exact output size of odd-sized maps depends on the rounding: see :func:`feature_hw`.
+    """
     index = LAYER_INDEX[layer]
     return sum(1 for name in LAYERS[: index + 1] if name.startswith("pool"))
+
+
+def pooled_size(n: int, ceil_mode: bool = False) -> int:
+    """Rows (or columns) after one 2x2/2 pooling of ``n``: floor(n/2), or ceil(n/2)."""
+    return (n + 1) // 2 if ceil_mode else n // 2
+
+
+def feature_hw(layer: str, h: int, w: int, ceil_mode: bool = False) -> tuple[int, int]:
+    """Height and width of ``layer``'s output for an ``h`` x ``w`` input image."""
+    for _ in range(downsampling(check_layers([layer])[0])):
+        h, w = pooled_size(h, ceil_mode), pooled_size(w, ceil_mode)
+    return h, w
+
+
+def pool2x2(x_BxHxWxC: jax.Array, kind: str, ceil_mode: bool = False) -> jax.Array:
+    """2x2/2 max or average pooling; ``ceil_mode`` keeps odd borders as Caffe does.
+
+    Even-sized maps (and every map with ``ceil_mode=False``) take exactly
+    :func:`nstjax.conv.pool2x2`, a reshape and a reduction. An odd map in ceil mode is
+    padded to even first: with -inf for max pooling (a padded element never wins, and
+    its gradient is dropped), with zeros for average pooling, whose window sums are
+    then divided by the number of valid elements (4, 2 at the last row or column, 1
+    at the corner).
+    """
+    b, h, w, c = x_BxHxWxC.shape
+    ph, pw = (h % 2, w % 2) if ceil_mode else (0, 0)
+    if not (ph or pw):
+        return conv.pool2x2(x_BxHxWxC, kind)
+    pad = ((0, 0), (0, ph), (0, pw), (0, 0))
+    if kind == "max":
+        x = jnp.pad(x_BxHxWxC, pad, constant_values=-jnp.inf)
+        return conv.pool2x2(x, "max")
+    x = jnp.pad(x_BxHxWxC, pad)
+    ho, wo = (h + ph) // 2, (w + pw) // 2
+    sums = jnp.sum(x.reshape(b, ho, 2, wo, 2, c), axis=(2, 4))
+    rows = np.full(ho, 2.0, np.float32)
+    cols = np.full(wo, 2.0, np.float32)
+    rows[-1] -= ph
+    cols[-1] -= pw
+    inv_counts = (1.0 / np.outer(rows, cols))[None, :, :, None]
+    return sums * jnp.asarray(inv_counts, sums.dtype)
 
 
 class Conv3x3(nn.Module):
@@ -106,12 +161,14 @@ class VGG19(nn.Module):
       pooling: "max" or "avg" (the paper used average pooling).
       dtype: computation dtype (parameters stay float32).
       conv_impl: a key of ``nstjax.conv.CONV_IMPLS``.
+      ceil_mode: Caffe's pooling of odd-sized maps (see :func:`pool2x2`); default floor.
     """
 
     layers: tuple[str, ...]
     pooling: str = "max"
     dtype: jnp.dtype = jnp.float32
     conv_impl: str = "xla"
+    ceil_mode: bool = False
 
     @nn.compact
     def __call__(self, image_BxHxWx3: jax.Array) -> dict[str, jax.Array]:
@@ -130,7 +187,7 @@ class VGG19(nn.Module):
             elif name.startswith("relu"):
                 x = nn.relu(x)
             else:
-                x = conv.pool2x2(x, self.pooling)
+                x = pool2x2(x, self.pooling, self.ceil_mode)
             if name in wanted:
                 out[name] = x
         return out
@@ -143,24 +200,33 @@ def features(
     pooling: str = "max",
     dtype=jnp.float32,
     conv_impl: str = "xla",
+    ceil_mode: bool = False,
 ) -> dict[str, jax.Array]:
     """Activations of ``layers`` for a preprocessed NHWC batch.
 
     ``params`` may hold more layers than needed: only those up to the deepest
-    requested layer are used.
+    requested layer are used. ``ceil_mode=True``: Caffe's pooling of odd-sized maps.
     """
     layers = check_layers(layers)
     last = max(LAYER_INDEX[name] for name in layers)
     needed = {n: params[n] for n in LAYERS[: last + 1] if n in PARAM_SHAPES}
-    model = VGG19(layers=layers, pooling=pooling, dtype=dtype, conv_impl=conv_impl)
+    model = VGG19(
+        layers=layers, pooling=pooling, dtype=dtype, conv_impl=conv_impl, ceil_mode=ceil_mode
+    )
     return model.apply({"params": needed}, image_BxHxWx3)
 
 
 def prepare_params(
-    params: Mapping, image_shape: Sequence[int], layers: Sequence[str], conv_impl: str
+    params: Mapping,
+    image_shape: Sequence[int],
+    layers: Sequence[str],
+    conv_impl: str,
+    ceil_mode: bool = False,
 ) -> dict:
     """``params`` plus, for every conv layer that ``conv_impl`` runs as Winograd at this
     image shape (B, H, W, C), its transformed kernels (param ``winograd``).
+    ``ceil_mode`` must be the pooling rounding the features will use (it decides the
+    layers' sizes, hence the policy's choices).
 
     Style transfer evaluates the same VGG hundreds of times, so the transforms are made
     once here instead of in every step. Layers past the deepest of ``layers`` are
@@ -172,7 +238,7 @@ def prepare_params(
     out = {}
     for name in LAYERS[: last + 1]:
         if name.startswith("pool"):
-            h, w = h // 2, w // 2
+            h, w = pooled_size(h, ceil_mode), pooled_size(w, ceil_mode)
         elif name in PARAM_SHAPES:
             entry = {"kernel": params[name]["kernel"], "bias": params[name]["bias"]}
             m = conv.tile_size(conv_impl, h, w, *PARAM_SHAPES[name]["kernel"][2:])
@@ -182,7 +248,11 @@ def prepare_params(
     return out
 
 
-prepare_params_jit = jax.jit(prepare_params, static_argnums=(1, 2, 3))
+prepare_params_jit = jax.jit(
+    prepare_params,
+    static_argnums=(1, 2, 3, 4),
+    static_argnames=("image_shape", "layers", "conv_impl", "ceil_mode"),
+)
 
 
 def init_params(rng: jax.Array) -> dict:
