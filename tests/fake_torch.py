@@ -42,10 +42,13 @@ STORAGE_NAMES: dict[np.dtype, str] = {
     np.dtype(np.bool_): "BoolStorage",
 }
 _EXTRA_STORAGES = ("BFloat16Storage", "UntypedStorage")
+ITEMSIZES = {name: dtype.itemsize for dtype, name in STORAGE_NAMES.items()}
+ITEMSIZES.update(BFloat16Storage=2, UntypedStorage=1)
 _DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "uint8", "int8", "int16")
 _DTYPE_NAMES += ("int32", "int64", "bool")
 _FUNCTIONS = ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3")
 _FUNCTIONS += ("_rebuild_parameter",)
+_CHUNK = 1 << 20
 
 
 class _DTypeStandIn:
@@ -97,11 +100,40 @@ def torch_names() -> Iterator[None]:
 
 
 class Storage:
-    """A flat typed storage; ``type_name`` defaults from the array's dtype."""
+    """A flat typed storage; ``type_name`` defaults from the array's dtype.
 
-    def __init__(self, data: np.ndarray, type_name: str | None = None):
+    ``numel`` declares a size other than the data's in the pickle (a lying file).
+    """
+
+    def __init__(self, data: np.ndarray, type_name: str | None = None, numel: int | None = None):
         self.data = np.ascontiguousarray(data).reshape(-1)
         self.type_name = type_name or STORAGE_NAMES[self.data.dtype]
+        self.numel = self.data.size if numel is None else numel
+
+    def chunks(self, order: str) -> Iterator[bytes]:
+        """The data's bytes in ``order`` ("<" or ">"), a piece at a time."""
+        data = self.data.astype(self.data.dtype.newbyteorder(order))
+        step = max(1, _CHUNK // max(1, data.itemsize))
+        for start in range(0, data.size, step):
+            yield data[start : start + step].tobytes()
+
+
+class Zeros(Storage):
+    """A storage of ``size`` zeros, written a piece at a time (never whole in memory).
+
+    ``numel`` declares another size in the pickle (a lying file).
+    """
+
+    def __init__(self, size: int, type_name: str = "FloatStorage", numel: int | None = None):
+        self.data = np.zeros(0, np.float32)
+        self.type_name, self.size = type_name, size
+        self.numel = size if numel is None else numel
+
+    def chunks(self, order: str) -> Iterator[bytes]:
+        left = self.size * ITEMSIZES[self.type_name]
+        while left > 0:
+            yield bytes(min(left, _CHUNK))
+            left -= _CHUNK
 
 
 class StorageView:
@@ -176,7 +208,7 @@ class _Pickler(pickle.Pickler):
         else:
             return None
         cls = getattr(TORCH, base.type_name)
-        pid = ("storage", cls, self._key(base), "cpu", base.data.size)
+        pid = ("storage", cls, self._key(base), "cpu", base.numel)
         return (*pid, view) if self.legacy else pid
 
     def reducer_override(self, obj: Any) -> Any:
@@ -191,10 +223,6 @@ def _dump(obj: Any, legacy: bool) -> tuple[bytes, dict[str, Storage]]:
         pickler = _Pickler(buf, legacy)
         pickler.dump(obj)
     return buf.getvalue(), pickler.storages
-
-
-def _data_bytes(storage: Storage, order: str) -> bytes:
-    return storage.data.astype(storage.data.dtype.newbyteorder(order)).tobytes()
 
 
 def legacy_bytes(obj: Any, big_endian: bool = False, main: bytes | None = None) -> bytes:
@@ -213,8 +241,9 @@ def legacy_bytes(obj: Any, big_endian: bool = False, main: bytes | None = None) 
     keys = sorted(storages)
     pickle.dump(keys, out, protocol=2)
     for key in keys:
-        out.write(struct.pack(order + "q", storages[key].data.size))
-        out.write(_data_bytes(storages[key], order))
+        out.write(struct.pack(order + "q", storages[key].numel))
+        for chunk in storages[key].chunks(order):
+            out.write(chunk)
     return out.getvalue()
 
 
@@ -230,14 +259,23 @@ def save_zip(
     folder: str = "archive",
     big_endian: bool = False,
     main: bytes | None = None,
+    compression: int = zipfile.ZIP_STORED,
 ) -> Path:
-    """Writes ``obj`` like ``torch.save(obj, path)``; ``main`` replaces data.pkl if given."""
+    """Writes ``obj`` like ``torch.save(obj, path)``; ``main`` replaces data.pkl if given.
+
+    torch stores every entry uncompressed; ``compression`` (a ``zipfile`` method)
+    compresses the storages' entries, as a repacked or hostile archive might.
+    """
     pickled, storages = _dump(obj, legacy=False)
     order = ">" if big_endian else "<"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr(f"{folder}/data.pkl", pickled if main is None else main)
         zf.writestr(f"{folder}/byteorder", "big" if big_endian else "little")
         for key, storage in storages.items():
-            zf.writestr(f"{folder}/data/{key}", _data_bytes(storage, order))
+            info = zipfile.ZipInfo(f"{folder}/data/{key}")
+            info.compress_type = compression
+            with zf.open(info, "w") as dst:
+                for chunk in storage.chunks(order):
+                    dst.write(chunk)
         zf.writestr(f"{folder}/version", "3\n")
     return Path(path)

@@ -258,7 +258,9 @@ def convert(
       raw: raw key -> array, as returned by the format's reader.
       fmt: a :data:`FORMATS` name.
       check: raise UsageError unless the result fits VGG19 exactly; raw keys
-        that are neither mapped nor ignored count as extra.
+        that are neither mapped nor ignored count as extra. Without it, tensors
+        that do not fit come back as they were read (layout applied, as a view),
+        not converted to float32.
 
     Returns:
       ``(params, report)``; ``report`` has ``format``, ``prefix`` (stripped
@@ -279,10 +281,13 @@ def convert(
         if role in params.get(layer, {}):  # two raw keys for one tensor
             unrecognized.append(original)
             continue
-        array = np.asarray(value, dtype=np.float32)
+        array = np.asarray(value)
         if role == "kernel" and array.ndim == 4:
-            array = _LAYOUTS[spec.layout](array)
-        params.setdefault(layer, {})[role] = np.ascontiguousarray(array)
+            array = _LAYOUTS[spec.layout](array)  # a view
+        if array.shape == PARAM_SHAPES.get(layer, {}).get(role):
+            array = np.ascontiguousarray(array, dtype=np.float32)
+        # else it is only reported: left as it is, never copied (it may be any size)
+        params.setdefault(layer, {})[role] = array
     report = {
         "format": spec.name,
         "prefix": prefix,

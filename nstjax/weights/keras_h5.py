@@ -8,6 +8,13 @@ latter appears when a whole model was saved):
 * Keras 2: ``block1_conv1/block1_conv1/kernel:0`` and ``.../bias:0``.
 
 Kernels are stored HWIO (TensorFlow layout), as Flax wants them.
+
+Only VGG19's conv kernels and biases are read, and each only after its declared
+shape and dtype have been checked against the layer's (HDF5 lets a 2 KB file declare
+a dataset of any size, read back as its fill value): a dataset whose shape does not
+fit, and every dataset that is not a conv parameter (the classifier head, anything
+unknown), comes back as a zero-filled read-only placeholder of its declared shape
+that takes no memory, for :mod:`nstjax.weights.formats` to report or ignore.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from nstjax.errors import UsageError
+from nstjax.vgg import PARAM_SHAPES
 
 # last path component of a dataset -> "kernel" / "bias"
 _ROLES: dict[str, re.Pattern[str]] = {
@@ -27,6 +35,8 @@ _ROLES: dict[str, re.Pattern[str]] = {
     "bias": re.compile(r"^(?:bias|(?:.*_)?b(?:_\d+)?)(?::\d+)?$"),
 }
 _SKIPPED_GROUPS = ("optimizer_weights",)
+_LAYER = re.compile(r"^block(\d+)_conv(\d+)$")
+_NUMBERS = "fiu"  # dtype kinds read: floats and integers (at most 8 bytes each)
 
 
 def _role(dataset_name: str) -> str | None:
@@ -34,6 +44,33 @@ def _role(dataset_name: str) -> str | None:
         if pattern.match(dataset_name):
             return role
     return None
+
+
+def _expected_shape(layer: str, role: str | None) -> tuple[int, ...] | None:
+    """The HWIO shape of a conv parameter of VGG19, or None for anything else."""
+    match = _LAYER.match(layer)
+    if not match or role is None:
+        return None
+    return PARAM_SHAPES.get("conv{}_{}".format(*match.groups()), {}).get(role)
+
+
+def _placeholder(dataset: Any) -> np.ndarray:
+    """Zeros of the dataset's declared shape (and numeric dtype), taking no memory."""
+    dtype = dataset.dtype if dataset.dtype.kind in _NUMBERS else np.dtype(np.float32)
+    shape = dataset.shape if dataset.shape is not None else ()
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+def _read(dataset: Any, name: str, expected: tuple[int, ...] | None, path: str) -> np.ndarray:
+    """The dataset's values if it is the conv parameter ``expected`` describes, checked
+    before anything is read; else a :func:`_placeholder`."""
+    if expected is None or dataset.shape != expected:
+        return _placeholder(dataset)
+    if dataset.dtype.kind not in _NUMBERS or dataset.dtype.itemsize > 8:
+        raise UsageError(f"{path}: dataset {name} holds {dataset.dtype}, not numbers")
+    if dataset.external or dataset.is_virtual:
+        raise UsageError(f"refusing to load {path}: dataset {name} keeps its data outside it")
+    return np.asarray(dataset[()])
 
 
 def _datasets(group: Any, h5py: ModuleType) -> list[tuple[str, Any]]:
@@ -54,11 +91,14 @@ def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Returns:
       ``{"block1_conv1/kernel": HWIO array, "block1_conv1/bias": array, ...}``.
       A dataset whose role cannot be told keeps its path under its layer, e.g.
-      ``"block1_conv1/extra:0"``, so the caller can report it.
+      ``"block1_conv1/extra:0"``, so the caller can report it. Datasets that are
+      not VGG19 conv parameters of the right shape are placeholders (see the
+      module docstring).
 
     Raises:
-      UsageError: h5py is missing, or the file is missing, corrupt or has two
-        kernels (or biases) for one layer.
+      UsageError: h5py is missing, or the file is missing, corrupt, has two
+        kernels (or biases) for one layer, or a conv parameter that is not numbers
+        or whose data lies outside the file.
     """
     try:
         import h5py  # noqa: PLC0415  (optional: only for .h5 files)
@@ -80,7 +120,7 @@ def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
                     key = f"{layer}/{role}" if role else f"{layer}/{name}"
                     if key in out:
                         raise UsageError(f"{path} has two datasets for {key}")
-                    out[key] = np.asarray(dataset[()])
+                    out[key] = _read(dataset, f"{layer}/{name}", _expected_shape(layer, role), path)
     except UsageError:
         raise
     except Exception as exc:  # h5py raises OSError, KeyError, ValueError, ... on bad files

@@ -10,30 +10,71 @@ resolves only an explicit whitelist (``collections.OrderedDict``, torch's
 tensor-rebuild functions, storage classes, dtypes) to inert stand-ins defined
 here, so a file cannot make this reader run code. Tensors are cut out of their
 storage by (offset, size, stride) with bounds checks and copied.
+
+Nothing a file declares is allocated before it is checked against what a VGG19
+weight file can need (:data:`MAX_BYTES`), so a small hostile file cannot make
+this reader exhaust memory:
+
+* each pickle is scanned op by op (:mod:`pickletools`) before it is unpickled:
+  at most :data:`_MAX_PICKLE_BYTES` bytes and :data:`_MAX_PICKLE_OPS` ops, and
+  no memo index beyond the ops seen (the C unpickler zero-fills its memo up to
+  any index a ``LONG_BINPUT`` names: 1 GiB for a 10-byte pickle);
+* the storages that tensors use may hold at most ``max_bytes`` in all; in a zip
+  archive they may moreover inflate to at most :data:`_MAX_INFLATION` times the
+  archive's size, and only stored or deflated entries are read (``zipfile``
+  decompresses a bzip2 or lzma block whole, however little is asked of it);
+  storages no tensor uses are never read;
+* the tensors cut out of them may hold at most ``max_bytes`` in all, and at
+  most twice their storages' bytes plus :data:`_MAX_ALIASED_BYTES` (many
+  tensors viewing one storage, or stride-0 expansions, cannot multiply it);
+* each storage is read into a buffer of its checked size, its tensors are copied
+  out, and the buffer is dropped before the next storage is read.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import io
+import math
 import os
 import pickle
+import pickletools
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
 from nstjax.errors import UsageError
+from nstjax.vgg import PARAM_SHAPES
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 
 _MAX_DEPTH = 64  # nesting of dicts/lists in the main pickle
 _MAX_VISITS = 1_000_000  # containers and leaves walked when flattening
-_MAX_PICKLE_BYTES = 1 << 28  # size of data.pkl in a zip archive
+_MAX_PICKLE_BYTES = 1 << 22  # one pickle (a VGG19 state dict's is a few KiB)
+_MAX_PICKLE_OPS = 200_000  # pickle ops per pickle (each makes at most ~100 bytes)
 _MAX_EXPANSION = 1 << 24  # elements a stride-0 tensor may have beyond its storage
+_MAX_ALIASED_BYTES = 1 << 24  # tensor bytes allowed beyond twice the storages' bytes
+_MAX_INFLATION = 16  # zip: storage bytes read per byte of archive
+_INFLATION_SLACK = 1 << 20  # ... plus this much
+_CHUNK = 1 << 20  # bytes per read from a zip entry
+
+CLASSIFIER_SHAPES = ((4096, 25088), (4096,), (4096, 4096), (4096,), (1000, 4096), (1000,))
+"""torchvision's VGG19 classifier (Keras's fc1, fc2, predictions hold as many numbers)."""
+VGG19_FEATURE_BYTES = 4 * sum(
+    math.prod(shape) for shapes in PARAM_SHAPES.values() for shape in shapes.values()
+)
+"""float32 bytes of VGG19's conv layers (about 76 MiB)."""
+CLASSIFIER_BYTES = 4 * sum(map(math.prod, CLASSIFIER_SHAPES))
+"""float32 bytes of its classifier head (about 472 MiB)."""
+MAX_BYTES = 2 * VGG19_FEATURE_BYTES + CLASSIFIER_BYTES
+"""Default budget for a file's storages and for its tensors (about 625 MiB): room for
+torchvision's whole ``vgg19-dcbb9e9d.pth`` (548 MiB with its classifier) or for the
+conv layers twice over, e.g. in float64."""
 
 # One row per torch dtype: name, numpy type code (the byte order is added when
 # reading), storage class, other names of its ``torch.<dtype>`` global. bfloat16
@@ -210,26 +251,100 @@ def _itemsize(dtype: str) -> int:
     return np.dtype(_DTYPES[dtype]).itemsize
 
 
-def _to_array(tensor: _Tensor, raw: np.ndarray, order: str) -> np.ndarray:
-    """Copies ``tensor`` out of its storage's bytes ``raw`` (uint8), bounds-checked."""
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.1f} MiB"
+
+
+class _Capped:
+    """At most the next ``limit`` bytes of a file, keeping a copy of what was read."""
+
+    def __init__(self, f: BinaryIO, limit: int):
+        self._f, self._left = f, limit
+        self.data = bytearray()
+
+    @property
+    def exhausted(self) -> bool:
+        return self._left <= 0
+
+    def _take(self, chunk: bytes) -> bytes:
+        self._left -= len(chunk)
+        self.data += chunk
+        return chunk
+
+    def _limit(self, n: int | None) -> int:
+        return self._left if n is None or n < 0 else min(n, self._left)
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self._take(self._f.read(self._limit(n)))
+
+    def readline(self, n: int | None = -1) -> bytes:
+        return self._take(self._f.readline(self._limit(n)))
+
+
+_MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _read_pickle(f: BinaryIO, path: str) -> io.BytesIO:
+    """The next pickle in ``f`` (left just past it), scanned before anything unpickles it."""
+    capped = _Capped(f, _MAX_PICKLE_BYTES)
+    ops = 0
+    try:
+        for opcode, arg, _ in pickletools.genops(capped):
+            ops += 1
+            if ops > _MAX_PICKLE_OPS:
+                raise UsageError(
+                    f"refusing to load {path}: it holds a pickle of more than "
+                    f"{_MAX_PICKLE_OPS} ops, which no weight file needs"
+                )
+            if opcode.name in _MEMO_OPS and not 0 <= arg <= ops:
+                raise UsageError(
+                    f"refusing to load {path}: its pickle stores memo entry "
+                    f"{_short(arg, 20)} after {ops} ops"
+                )
+    except ValueError:  # what genops raises on a short or malformed pickle
+        if capped.exhausted:
+            raise UsageError(
+                f"refusing to load {path}: it holds a pickle larger than "
+                f"{_mib(_MAX_PICKLE_BYTES)}, which no weight file needs"
+            ) from None
+        raise
+    return io.BytesIO(bytes(capped.data))
+
+
+def _unpickle(f: BinaryIO, path: str, storages: _Storages | None = None) -> Any:
+    return _SafeUnpickler(_read_pickle(f, path), path, storages).load()
+
+
+def _extent(tensor: _Tensor, storage_nbytes: int) -> int:
+    """Elements of ``tensor``, checked to lie inside a storage of ``storage_nbytes`` bytes."""
     ref = tensor.storage
     start = ref.offset * _itemsize(ref.dtype)
     stop = start + ref.numel * _itemsize(ref.dtype)
-    if stop > raw.size:
-        raise ValueError(f"storage {ref.key} holds {raw.size} bytes, {stop} needed")
-    dtype = np.dtype(order + _DTYPES[tensor.dtype])
-    count = (stop - start) // dtype.itemsize
-    elements = raw[start : start + count * dtype.itemsize].view(dtype)
-    native = dtype.newbyteorder("=")
-    total = int(np.prod(tensor.size, dtype=object))
-    if total == 0:
-        out = np.zeros(tensor.size, native)
-    else:
+    if stop > storage_nbytes:
+        raise ValueError(f"storage {ref.key} holds {storage_nbytes} bytes, {stop} needed")
+    count = (stop - start) // _itemsize(tensor.dtype)
+    total = math.prod(tensor.size)
+    if total:
         last = tensor.offset + sum(
             (n - 1) * s for n, s in zip(tensor.size, tensor.stride, strict=True)
         )
         if last >= count or total > max(count, _MAX_EXPANSION):
             raise ValueError(f"a tensor reaches outside its storage {ref.key}")
+    return total
+
+
+def _to_array(tensor: _Tensor, raw: np.ndarray, order: str) -> np.ndarray:
+    """Copies ``tensor`` out of its storage's bytes ``raw`` (uint8), bounds-checked."""
+    total = _extent(tensor, raw.size)
+    ref = tensor.storage
+    start = ref.offset * _itemsize(ref.dtype)
+    dtype = np.dtype(order + _DTYPES[tensor.dtype])
+    count = ref.numel * _itemsize(ref.dtype) // dtype.itemsize
+    native = dtype.newbyteorder("=")
+    if total == 0:
+        out = np.zeros(tensor.size, native)
+    else:
+        elements = raw[start : start + count * dtype.itemsize].view(dtype)
         view = np.lib.stride_tricks.as_strided(
             elements[tensor.offset :],
             shape=tensor.size,
@@ -276,94 +391,214 @@ def _flatten(obj: object, path: str) -> dict[str, _Tensor]:
     return out
 
 
-_Parsed = tuple[dict[str, _Tensor], dict[str, np.ndarray] | None, str]
+class _Plan(NamedTuple):
+    """What :func:`load` will read: tensor names per storage key, bytes per storage."""
+
+    tensors: dict[str, list[str]]
+    nbytes: dict[str, int]
 
 
-def _parse_legacy(f: BinaryIO, path: str, with_data: bool) -> _Parsed:
-    if _SafeUnpickler(f, path).load() != MAGIC_NUMBER:
+def _plan(tensors: dict[str, _Tensor], storages: _Storages, path: str, max_bytes: int) -> _Plan:
+    """Checks every tensor against its storage's declared size and the budgets.
+
+    Only the pickle has been read so far: nothing is allocated for the data yet.
+    """
+    by_key: dict[str, list[str]] = {}
+    tensor_bytes = out_bytes = 0
+    for name, tensor in tensors.items():
+        key = tensor.storage.key
+        by_key.setdefault(key, []).append(name)
+        storage_nbytes = storages.numels[key] * _itemsize(storages.dtypes[key])
+        total = _extent(tensor, storage_nbytes)
+        itemsize = _itemsize(tensor.dtype)
+        tensor_bytes += total * itemsize
+        out_bytes += total * (4 if tensor.dtype == "bfloat16" else itemsize)
+    nbytes = {key: storages.numels[key] * _itemsize(storages.dtypes[key]) for key in by_key}
+    stored = sum(nbytes.values())
+    if stored > max_bytes:
+        raise UsageError(
+            f"refusing to load {path}: its tensors' storages declare {_mib(stored)}, "
+            f"more than the {_mib(max_bytes)} a VGG19 weight file may hold"
+        )
+    if out_bytes > max_bytes:
+        raise UsageError(
+            f"refusing to load {path}: its tensors would take {_mib(out_bytes)}, "
+            f"more than the {_mib(max_bytes)} a VGG19 weight file may hold"
+        )
+    if tensor_bytes > 2 * stored + _MAX_ALIASED_BYTES:
+        raise UsageError(
+            f"refusing to load {path}: it makes {_mib(tensor_bytes)} of tensors out of "
+            f"{_mib(stored)} of storage (tensors repeating or expanding their storages)"
+        )
+    return _Plan(by_key, nbytes)
+
+
+def _cut(
+    tensors: dict[str, _Tensor],
+    plan: _Plan,
+    data: Iterator[tuple[str, np.ndarray]],
+    order: str,
+    path: str,
+) -> dict[str, np.ndarray]:
+    """Copies the tensors out of each storage as it arrives; each storage is then dropped."""
+    arrays: dict[str, np.ndarray] = {}
+    for key, raw in data:
+        for name in plan.tensors.get(key, ()):
+            arrays[name] = _to_array(tensors[name], raw, order)
+        del raw
+    for name in tensors:
+        if name not in arrays:
+            raise UsageError(f"{path} is truncated: no data for tensor {name}")
+    return {name: arrays[name] for name in tensors}
+
+
+def _legacy_main(f: BinaryIO, path: str) -> tuple[dict[str, _Tensor], _Storages, str]:
+    if _unpickle(f, path) != MAGIC_NUMBER:
         raise UsageError(f"{path} is not a torch.save file (bad magic number)")
-    version = _SafeUnpickler(f, path).load()
+    version = _unpickle(f, path)
     if version != PROTOCOL_VERSION:
         raise UsageError(f"{path}: unsupported torch.save protocol {_short(version, 20)}")
-    sys_info = _SafeUnpickler(f, path).load()
+    sys_info = _unpickle(f, path)
     little = not (isinstance(sys_info, dict) and sys_info.get("little_endian") is False)
-    order = "<" if little else ">"
     storages = _Storages(path)
-    tensors = _flatten(_SafeUnpickler(f, path, storages).load(), path)
-    if not with_data:
-        return tensors, None, order
-    keys = _SafeUnpickler(f, path).load()
+    tensors = _flatten(_unpickle(f, path, storages), path)
+    return tensors, storages, "<" if little else ">"
+
+
+def _legacy_data(
+    f: BinaryIO, path: str, storages: _Storages, plan: _Plan, order: str, max_bytes: int
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, bytes) of each storage a tensor uses, in file order; the others are skipped."""
+    keys = _unpickle(f, path)
     if not isinstance(keys, list):
         raise TypeError("the list of storage keys is missing")
     remaining = os.fstat(f.fileno()).st_size - f.tell()
-    raw: dict[str, np.ndarray] = {}
+    read = 0
     for key in keys:
         if key not in storages.dtypes:
             raise ValueError(f"data for unknown storage {_short(key, 20)}")
         header = f.read(8)
-        numel = int.from_bytes(header, "little" if little else "big", signed=True)
+        numel = int.from_bytes(header, "little" if order == "<" else "big", signed=True)
         nbytes = numel * _itemsize(storages.dtypes[key])
         remaining -= 8 + nbytes
         if len(header) != 8 or nbytes < 0 or remaining < 0:
             raise UsageError(f"{path} is truncated (storage {_short(key, 20)})")
-        raw[key] = np.frombuffer(f.read(nbytes), np.uint8)  # _to_array checks the size
-    return tensors, raw, order
+        if key not in plan.tensors:
+            f.seek(nbytes, io.SEEK_CUR)
+            continue
+        read += nbytes
+        if read > max_bytes:
+            raise UsageError(
+                f"refusing to load {path}: its storages hold more than the "
+                f"{_mib(max_bytes)} a VGG19 weight file may hold"
+            )
+        yield key, np.frombuffer(f.read(nbytes), np.uint8)  # _to_array checks the size
 
 
-def _read_entry(zf: zipfile.ZipFile, name: str, nbytes: int, path: str) -> bytes:
-    """Exactly ``nbytes`` from the start of archive entry ``name``."""
+_COMPRESSIONS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, nbytes: int, path: str) -> bytearray:
+    """Exactly ``nbytes`` from the start of an archive entry, read into a buffer that size.
+
+    Only stored and deflated entries are read: ``zipfile`` inflates those at most as
+    far as asked, but decompresses a whole bzip2 or lzma block at once.
+    """
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        method = _COMPRESSIONS.get(info.compress_type, f"method {info.compress_type}")
+        raise UsageError(
+            f"refusing to load {path}: its entry {_short(info.filename, 60)} is compressed "
+            f"with {method}, which torch.save never writes"
+        )
+    if info.file_size < nbytes:
+        raise UsageError(f"{path} is truncated or corrupt: entry {info.filename} is short")
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    done = 0
+    with zf.open(info) as src:
+        while done < nbytes:
+            got = src.readinto(view[done : done + _CHUNK])
+            if not got:
+                break
+            done += got
+    if done != nbytes:
+        raise UsageError(f"{path} is truncated or corrupt: entry {info.filename} is short")
+    return buf
+
+
+def _zip_main(
+    zf: zipfile.ZipFile, path: str
+) -> tuple[dict[str, _Tensor], _Storages, str, dict[str, zipfile.ZipInfo]]:
+    """Tensors, storages and byte order of a zip archive; the infos of its storages' entries."""
+    infos = {info.filename: info for info in zf.infolist()}
+    pickles = [n for n in infos if n.count("/") == 1 and n.endswith("/data.pkl")]
+    if len(pickles) != 1:
+        raise UsageError(f"{path} is a zip file but not a torch.save archive")
+    prefix = pickles[0][: -len("data.pkl")]
+    info = infos.get(prefix + "byteorder")
+    text = bytes(_read_entry(zf, info, min(info.file_size, 16), path)) if info else b""
+    order = {b"": "<", b"little": "<", b"big": ">"}[text.strip()]  # KeyError: corrupt
+    info = infos[pickles[0]]
+    if info.file_size > _MAX_PICKLE_BYTES:
+        raise UsageError(
+            f"refusing to load {path}: its data.pkl is larger than "
+            f"{_mib(_MAX_PICKLE_BYTES)}, which no weight file needs"
+        )
+    storages = _Storages(path)
+    main = io.BytesIO(_read_entry(zf, info, info.file_size, path))
+    tensors = _flatten(_unpickle(main, path, storages), path)
+    data_infos = {
+        name[len(prefix) + 5 :]: i for name, i in infos.items() if name.startswith(prefix + "data/")
+    }
+    return tensors, storages, order, data_infos
+
+
+def _zip_data(
+    zf: zipfile.ZipFile,
+    infos: dict[str, zipfile.ZipInfo],
+    plan: _Plan,
+    path: str,
+    archive_size: int,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, bytes) of each storage a tensor uses, all checked before the first is read."""
+    for key, nbytes in plan.nbytes.items():
+        if key not in infos:
+            raise UsageError(f"{path} is truncated or corrupt: no entry for storage {key}")
+        if infos[key].file_size < nbytes:
+            raise UsageError(f"{path} is truncated or corrupt: entry for storage {key} is short")
+    total = sum(plan.nbytes.values())
+    if total > _MAX_INFLATION * archive_size + _INFLATION_SLACK:
+        raise UsageError(
+            f"refusing to load {path}: its storages declare {_mib(total)} in a "
+            f"{_mib(archive_size)} archive, which no weight file inflates to"
+        )
+    for key, nbytes in plan.nbytes.items():
+        yield key, np.frombuffer(_read_entry(zf, infos[key], nbytes, path), np.uint8)
+
+
+def _kind(f: BinaryIO, path: str) -> str:
+    """``"zip"`` or ``"legacy"``; raises UsageError for anything else."""
+    head = f.read(512)
+    f.seek(0)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[257:262] == b"ustar":
+        raise UsageError(f"{path} is an old tar-format torch file, which is not supported")
+    if not head.startswith(b"\x80"):
+        raise UsageError(f"{path} is not a torch.save file")
+    return "legacy"
+
+
+@contextlib.contextmanager
+def _errors(path: str) -> Iterator[None]:
+    """Turns whatever a missing or corrupt file makes the parsers raise into UsageError."""
     try:
-        with zf.open(name) as src:
-            data = src.read(nbytes)
-    except KeyError:  # no such entry
-        data = b""
-    if len(data) != nbytes:
-        raise UsageError(f"{path} is truncated or corrupt: entry {name} is missing or short")
-    return data
-
-
-def _parse_zip(f: BinaryIO, path: str, with_data: bool) -> _Parsed:
-    with zipfile.ZipFile(f) as zf:
-        infos = {info.filename: info for info in zf.infolist()}
-        pickles = [n for n in infos if n.count("/") == 1 and n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            raise UsageError(f"{path} is a zip file but not a torch.save archive")
-        prefix = pickles[0][: -len("data.pkl")]
-        text = zf.read(prefix + "byteorder")[:16].strip() if prefix + "byteorder" in infos else b""
-        order = {b"": "<", b"little": "<", b"big": ">"}[text]  # KeyError: corrupt
-        size = infos[pickles[0]].file_size
-        if size > _MAX_PICKLE_BYTES:
-            raise UsageError(f"{path}: its data.pkl is implausibly large")
-        storages = _Storages(path)
-        main = io.BytesIO(_read_entry(zf, pickles[0], size, path))
-        tensors = _flatten(_SafeUnpickler(main, path, storages).load(), path)
-        if not with_data:
-            return tensors, None, order
-        raw = {}
-        for key, dtype in storages.dtypes.items():
-            nbytes = storages.numels[key] * _itemsize(dtype)
-            data = _read_entry(zf, f"{prefix}data/{key}", nbytes, path)
-            raw[key] = np.frombuffer(data, np.uint8)
-        return tensors, raw, order
-
-
-def _parse(path: str, with_data: bool) -> _Parsed:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-            f.seek(0)
-            if head.startswith(b"PK\x03\x04"):
-                return _parse_zip(f, path, with_data)
-            if head[257:262] == b"ustar":
-                raise UsageError(f"{path} is an old tar-format torch file, which is not supported")
-            if not head.startswith(b"\x80"):
-                raise UsageError(f"{path} is not a torch.save file")
-            return _parse_legacy(f, path, with_data)
+        yield
     except UsageError:
         raise
     except FileNotFoundError:
         raise UsageError(f"weight file {path} does not exist") from None
-    except Exception as exc:  # whatever a corrupt file makes the parsers raise
+    except Exception as exc:
         raise UsageError(
             f"{path} is corrupt or not a torch.save file ({type(exc).__name__}: {_short(exc)})"
         ) from exc
@@ -371,30 +606,41 @@ def _parse(path: str, with_data: bool) -> _Parsed:
 
 def keys(path: str | os.PathLike) -> list[str]:
     """Names of the tensors in a ``torch.save`` file, reading only its pickle."""
-    tensors, _, _ = _parse(os.fspath(path), with_data=False)
-    return list(tensors)
+    path = os.fspath(path)
+    with _errors(path), open(path, "rb") as f:
+        if _kind(f, path) == "zip":
+            with zipfile.ZipFile(f) as zf:
+                return list(_zip_main(zf, path)[0])
+        return list(_legacy_main(f, path)[0])
 
 
-def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> dict[str, np.ndarray]:
     """Reads every tensor in a ``torch.save`` file as a numpy array.
 
     Nested containers are flattened: ``{"state_dict": {"a": t}}`` gives
     ``{"state_dict.a": t}``, list items are named by index, non-tensor values
     (epochs, strings, ...) are skipped. bfloat16 tensors come back as float32.
 
+    Args:
+      path: the file.
+      max_bytes: budget for the storages the tensors use, and again for the
+        tensors themselves (see the module docstring); checked before any of
+        the data is read.
+
     Raises:
       UsageError: the file is missing, corrupt, truncated, not a ``torch.save``
-        file, or asks for any Python global outside the whitelist.
+        file, asks for any Python global outside the whitelist, or declares more
+        data than the budgets allow.
     """
     path = os.fspath(path)
-    tensors, raw, order = _parse(path, with_data=True)
-    assert raw is not None
-    out = {}
-    try:
-        for name, tensor in tensors.items():
-            if tensor.storage.key not in raw:
-                raise UsageError(f"{path} is truncated: no data for tensor {name}")
-            out[name] = _to_array(tensor, raw[tensor.storage.key], order)
-    except (ValueError, MemoryError) as exc:
-        raise UsageError(f"{path} is corrupt ({_short(exc)})") from exc
-    return out
+    with _errors(path), open(path, "rb") as f:
+        if _kind(f, path) == "zip":
+            with zipfile.ZipFile(f) as zf:
+                tensors, storages, order, infos = _zip_main(zf, path)
+                plan = _plan(tensors, storages, path, max_bytes)
+                size = os.fstat(f.fileno()).st_size
+                return _cut(tensors, plan, _zip_data(zf, infos, plan, path, size), order, path)
+        tensors, storages, order = _legacy_main(f, path)
+        plan = _plan(tensors, storages, path, max_bytes)
+        data = _legacy_data(f, path, storages, plan, order, max_bytes)
+        return _cut(tensors, plan, data, order, path)
