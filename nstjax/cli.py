@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from nstjax.errors import RUNTIME, USAGE, NstError, UsageError
-from nstjax.settings import Settings
+from nstjax import flags, process, terms
+from nstjax.errors import USAGE, UsageError, guarded
 
 PROG = "nstjax"
 
@@ -25,132 +24,46 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
-_DEFAULTS = Settings()
-
-
 def _add_stylize(sub) -> None:
     p = sub.add_parser(
         "stylize",
         help="stylize one content image",
-        description="Gatys et al. style transfer (or --method arbitrary).",
+        description="Gatys et al. style transfer (or --method arbitrary). Settings flags are "
+        "generated from nstjax.Settings; loss terms: --style-loss KIND[:opt=v,...] "
+        f"(registered: {', '.join(terms.kinds())}).",
     )
     p.add_argument("--content", required=True, help="content image")
     p.add_argument(
         "--style", action="append", required=True, help="style image (repeat for several)"
     )
-    p.add_argument("--style-blend", type=_floats, help="weights of the style images, e.g. 0.7,0.3")
     p.add_argument("--output", required=True, help="output image (.png, .jpg, ...)")
-    p.add_argument("--method", choices=("gatys", "arbitrary"), default="gatys")
-    p.add_argument("--size", type=int, default=_DEFAULTS.size, help="long side in pixels")
-    p.add_argument(
-        "--style-scale",
-        type=float,
-        default=_DEFAULTS.style_scale,
-        help="style image long side relative to --size",
-    )
-    p.add_argument("--steps", type=int, default=_DEFAULTS.steps)
-    p.add_argument("--optimizer", default=_DEFAULTS.optimizer, help="lbfgs or adam")
-    p.add_argument("--lr", type=float, help="learning rate (default 1 for lbfgs, 10 for adam)")
-    p.add_argument("--content-weight", type=float, default=_DEFAULTS.content_weight)
-    p.add_argument("--style-weight", type=float, default=_DEFAULTS.style_weight)
-    p.add_argument("--tv-weight", type=float, default=_DEFAULTS.tv_weight)
-    p.add_argument("--content-layers", type=_names, default=_DEFAULTS.content_layers)
-    p.add_argument("--style-layers", type=_names, default=_DEFAULTS.style_layers)
-    p.add_argument("--content-layer-weights", type=_floats)
-    p.add_argument("--style-layer-weights", type=_floats)
-    p.add_argument("--gram-norm", default=_DEFAULTS.gram_norm, help="gatys | n | hw | chw")
-    p.add_argument("--pooling", default=_DEFAULTS.pooling, help="max | avg")
-    p.add_argument(
-        "--init", default=_DEFAULTS.init, help="content | noise | style | arbitrary | PATH"
-    )
-    p.add_argument("--init-noise", type=float, default=_DEFAULTS.init_noise)
-    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    p.add_argument("--save-every", type=int, default=_DEFAULTS.save_every)
-    p.add_argument("--chunk-size", type=int, default=_DEFAULTS.chunk_size)
-    p.add_argument("--loop", default=_DEFAULTS.loop, help="auto | device | host")
-    p.add_argument(
-        "--conv-impl",
-        default=_DEFAULTS.conv_impl,
-        help="convolution algorithm policy: auto (Winograd where it pays on CPU), xla, "
-        "winograd2, winograd4, winograd4_wide; xla compiles ~10x faster for short runs",
-    )
-    p.add_argument("--memory-size", type=int, default=_DEFAULTS.memory_size)
-    p.add_argument("--weights", default=_DEFAULTS.weights, help="source name or weights file")
-    p.add_argument("--weights-format", help="format of a --weights file (if not detected)")
-    p.add_argument(
-        "--style-strength",
-        type=float,
-        default=1.0,
-        help="--method arbitrary: 0 (content's own style) .. 1 (the style)",
-    )
-    p.add_argument("--metrics", help="write metrics JSON here")
+    p.add_argument("--metrics", help="write metrics JSON here (updated after every chunk)")
+    p.add_argument("--metrics-csv", help="write per-step losses as CSV here (live)")
+    p.add_argument("--tensorboard", help="write TensorBoard scalars into this directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    flags.add_settings_flags(p)
     p.set_defaults(func=_cmd_stylize)
 
 
-_SETTING_FLAGS = (
-    "size",
-    "style_scale",
-    "steps",
-    "optimizer",
-    "lr",
-    "content_weight",
-    "style_weight",
-    "tv_weight",
-    "content_layers",
-    "style_layers",
-    "content_layer_weights",
-    "style_layer_weights",
-    "gram_norm",
-    "pooling",
-    "init",
-    "init_noise",
-    "seed",
-    "save_every",
-    "chunk_size",
-    "loop",
-    "conv_impl",
-    "memory_size",
-    "weights",
-    "weights_format",
-    "style_blend",
-)
-
-
 def _cmd_stylize(args) -> int:
-    if args.method == "arbitrary":
-        from nstjax.arbitrary import cli as arbitrary_cli  # noqa: PLC0415
-
-        return arbitrary_cli.stylize(args)
     from nstjax import gatys  # noqa: PLC0415  (keeps `nstjax --help` fast)
 
-    settings = Settings(**{k: getattr(args, k) for k in _SETTING_FLAGS})
+    settings = flags.settings_from_args(args)
     _, m = gatys.stylize(
         args.content,
         args.style,
         output=args.output,
         metrics=args.metrics,
+        metrics_csv=args.metrics_csv,
+        tensorboard=args.tensorboard,
         progress=not args.quiet,
         settings=settings,
     )
-    print(
-        f"wrote {args.output} ({m['width']}x{m['height']}, {m['steps']} steps, "
-        f"{m['seconds']:.1f} s, loss {m['final']['loss']:.4g})",
-        file=sys.stderr,
-    )
+    if settings.method == "arbitrary":
+        detail = f"arbitrary, {m['seconds']:.1f} s with compilation"
+    else:
+        detail = f"{m['steps']} steps, {m['seconds']:.1f} s, loss {m['final']['loss']:.4g}"
+    print(f"wrote {args.output} ({m['width']}x{m['height']}, {detail})", file=sys.stderr)
     return 0
 
 
@@ -277,29 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def guarded(fn: Callable[[], int]) -> int:
-    """Runs ``fn``; turns errors into one line on stderr and an exit code."""
-    try:
-        return fn()
-    except NstError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # anything else is our bug: still one line unless debugging
-        if os.environ.get("NSTJAX_DEBUG"):
-            raise
-        msg = " ".join(str(e).split())[:300]
-        print(
-            f"{PROG}: internal error: {type(e).__name__}: {msg} (NSTJAX_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        return RUNTIME
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    process.setup()
 
     def go() -> int:
         if argv[:1] == ["run"]:  # absl parses its own flags (--config.x=y overrides)
@@ -312,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
 
-    return guarded(go)
+    return guarded(go, PROG)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ml_collections
 
-from nstjax.settings import Settings
+from nstjax.settings import fields as settings_fields
 
 # ../shared/images beside the repository (NSTJAX_IMAGES overrides it).
 IMAGES = Path(
@@ -31,6 +31,23 @@ def image(name: str) -> str:
     return str(IMAGES / name)
 
 
+# Python types of the schema's value types, for fields whose default is None.
+_NONE_TYPES = {"opt_float": float, "opt_str": str, "floats": tuple, "names": tuple}
+
+
+def settings_config() -> ml_collections.ConfigDict:
+    """A ConfigDict with every :class:`Settings` field at its default, generated from
+    the schema (fields that default to None get a typed placeholder)."""
+    config = ml_collections.ConfigDict()
+    for f in settings_fields():
+        if f.default is None:
+            value = ml_collections.FieldReference(None, field_type=_NONE_TYPES[f.metadata["type"]])
+        else:
+            value = f.default
+        setattr(config, f.name, value)
+    return config
+
+
 def base_config(arg: str | None) -> ml_collections.ConfigDict:
     """A config with every Settings field, sized by the ``arg`` preset."""
     if arg not in PRESETS:
@@ -39,12 +56,7 @@ def base_config(arg: str | None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.content = image("tubingen.jpg")
     config.styles = [image("starry_night.jpg")]
-    config.settings = ml_collections.ConfigDict(Settings().as_dict())
-    config.settings.lr = ml_collections.FieldReference(None, field_type=float)
-    config.settings.content_layer_weights = ml_collections.FieldReference(None, field_type=tuple)
-    config.settings.style_layer_weights = ml_collections.FieldReference(None, field_type=tuple)
-    config.settings.style_blend = ml_collections.FieldReference(None, field_type=tuple)
-    config.settings.weights_format = ml_collections.FieldReference(None, field_type=str)
+    config.settings = settings_config()
     config.settings.size = size
     config.settings.steps = steps
     config.settings.chunk_size = chunk

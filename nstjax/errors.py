@@ -7,6 +7,9 @@ stderr.
 
 from __future__ import annotations
 
+import os
+import sys
+
 USAGE = 2  # bad arguments, unknown names, unreadable inputs
 RUNTIME = 1  # the run itself failed (non-finite loss, write failure, ...)
 
@@ -26,3 +29,25 @@ class UsageError(NstError):
     """The user asked for something that cannot be done (exit code 2)."""
 
     exit_code = USAGE
+
+
+def guarded(fn, prog: str = "nstjax") -> int:
+    """Runs ``fn() -> int`` for an entry point: errors become one line on stderr and an
+    exit code (tracebacks only with ``NSTJAX_DEBUG=1``)."""
+    try:
+        return fn()
+    except NstError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # anything else is our bug: still one line unless debugging
+        if os.environ.get("NSTJAX_DEBUG"):
+            raise
+        msg = " ".join(str(e).split())[:300]
+        print(
+            f"{prog}: internal error: {type(e).__name__}: {msg} (NSTJAX_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return RUNTIME

@@ -13,7 +13,8 @@ from pathlib import Path
 from absl import flags, logging
 from ml_collections import config_flags
 
-from nstjax.errors import UsageError
+from nstjax import process
+from nstjax.errors import UsageError, guarded
 
 _FLAGS = flags.FlagValues()
 config_flags.DEFINE_config_file(
@@ -88,13 +89,12 @@ def run_from_flags(argv: Sequence[str]) -> int:
 
 def run_argv(argv: Sequence[str]) -> int:
     """For ``nstjax run``: errors as one line and an exit code (see ``nstjax.cli``)."""
-    from nstjax.cli import guarded  # noqa: PLC0415
-
     logging.set_verbosity(logging.WARNING)
-    return guarded(lambda: run_from_flags(argv))
+    return guarded(lambda: run_from_flags(argv), "nstjax")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    process.setup()
     sys.exit(run_argv(list(sys.argv if argv is None else argv)))
 
 

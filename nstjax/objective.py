@@ -1,9 +1,19 @@
-"""The Gatys objective: targets from the content and style images, and a pure loss.
+"""The objective: a weighted sum of registered loss terms over one VGG forward.
 
-Static structure (layer sets, pooling, Gram normalization, preprocessing) lives in
-a hashable :class:`Spec` and decides the compiled program. Everything numeric
-(alpha, beta, gamma, per-layer weights, targets, VGG params) is a pytree argument,
-so changing a weight never recompiles.
+Static structure (the terms with their kinds, layers and options; pooling;
+preprocessing; convolution policy) lives in a hashable :class:`Objective` and decides
+the compiled program. Everything numeric (alpha, beta, gamma, each term's weight and
+per-layer weights, style blend weights, targets, VGG params) is a pytree argument, so
+changing a number never recompiles.
+
+The total is (Gatys et al. 2016, eq. 7, generalised to any number of terms)::
+
+    L = alpha * sum_{content terms t} w_t sum_l w_tl E_tl
+      + beta  * sum_{style terms t}   w_t sum_l w_tl E_tl
+      + gamma * sum_{image terms t}   w_t E_t(x)
+
+and the metrics report every weighted term by name, plus the three role sums under the
+historical keys ``content_loss``, ``style_loss`` and ``tv_loss``.
 """
 
 from __future__ import annotations
@@ -15,37 +25,74 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nstjax import conv, losses, vgg
+from nstjax import conv, vgg
 from nstjax.errors import UsageError
+from nstjax.terms import registry
+from nstjax.terms.registry import Term
 from nstjax.weights.preprocessing import CAFFE, Preprocessing
+
+ROLE_KEYS = {"content": "content_loss", "style": "style_loss", "image": "tv_loss"}
+ROLE_WEIGHTS = {"content": "alpha", "style": "beta", "image": "gamma"}
+RECORD_KEYS = ("loss", "content_loss", "style_loss", "tv_loss")
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
-    """What the compiled loss computes (static)."""
+class Objective:
+    """What the compiled loss computes (static, hashable)."""
 
-    content_layers: tuple[str, ...] = ("conv4_2",)
-    style_layers: tuple[str, ...] = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+    terms: tuple[Term, ...]
     pooling: str = "max"
-    gram_norm: str = "gatys"
     preprocessing: Preprocessing = CAFFE
     conv_impl: str = conv.DEFAULT_IMPL
 
     def __post_init__(self):
-        object.__setattr__(self, "content_layers", tuple(self.content_layers))
-        object.__setattr__(self, "style_layers", tuple(self.style_layers))
-        vgg.check_layers(self.content_layers, "content layer")
-        vgg.check_layers(self.style_layers, "style layer")
-        if not self.content_layers and not self.style_layers:
-            raise UsageError("need at least one content or style layer")
-        losses.check_gram_norm(self.gram_norm)
+        object.__setattr__(self, "terms", tuple(self.terms))
+        if not any(registry.get(t.kind).reads == "features" for t in self.terms):
+            raise UsageError("the objective needs at least one content or style term")
+        for t in self.terms:
+            if registry.get(t.kind).reads == "features" and not t.layers:
+                raise UsageError(f"loss term {t.name!r} has no layers")
+            vgg.check_layers(t.layers, f"{t.name} layer")
+        if len({t.name for t in self.terms}) != len(self.terms):
+            raise UsageError(f"loss term names must be unique: {[t.name for t in self.terms]}")
         if self.pooling not in vgg.POOLINGS:
             raise UsageError(f"unknown pooling {self.pooling!r}; use one of {vgg.POOLINGS}")
         conv.check_impl(self.conv_impl)
 
     @property
     def layers(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+        """The union of the layers the terms read (one VGG forward computes them all)."""
+        return tuple(dict.fromkeys(layer for t in self.terms for layer in t.layers))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.terms)
+
+    @property
+    def record_keys(self) -> tuple[str, ...]:
+        """Names of the per-step record: the total, the three role sums, every term."""
+        return (*RECORD_KEYS, *self.names)
+
+    def role_terms(self, role: str) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.terms) if registry.get(t.kind).role == role)
+
+
+def gatys(
+    content_layers=("conv4_2",),
+    style_layers=("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"),
+    pooling: str = "max",
+    gram_norm: str = "gatys",
+    preprocessing: Preprocessing = CAFFE,
+    conv_impl: str = conv.DEFAULT_IMPL,
+) -> Objective:
+    """Gatys et al.'s objective: content ``mse``, style ``gram``, ``tv`` (eq. 7)."""
+    terms = []
+    if content_layers:
+        terms.append(Term("mse", "content/mse", tuple(content_layers)))
+    if style_layers:
+        terms.append(Term("gram", "style/gram", tuple(style_layers), (("norm", gram_norm),)))
+    terms.append(Term("tv", "tv"))
+    return Objective(tuple(terms), pooling, preprocessing, conv_impl)
 
 
 def layer_weights(values: Sequence[float] | None, layers: Sequence[str], what: str) -> np.ndarray:
@@ -59,99 +106,179 @@ def layer_weights(values: Sequence[float] | None, layers: Sequence[str], what: s
 
 
 def make_weights(
-    spec: Spec, alpha=1.0, beta=1e3, gamma=0.0, content_layer_weights=None, style_layer_weights=None
+    obj: Objective,
+    alpha=1.0,
+    beta=1e3,
+    gamma=0.0,
+    content_layer_weights=None,
+    style_layer_weights=None,
+    term_weights: Sequence[float] | None = None,
+    term_layer_weights: Sequence[Sequence[float] | None] | None = None,
+    blend: Sequence[float] | None = None,
 ) -> dict:
-    """The dynamic weight pytree of the loss: total = alpha*L_c + beta*L_s + gamma*L_tv."""
-    return {
+    """The dynamic numbers of the loss.
+
+    ``term_layer_weights[i]`` (if given and not None) overrides term i's layer weights;
+    otherwise content and style terms use ``content_layer_weights`` /
+    ``style_layer_weights`` (None: equal, summing to 1). ``blend`` (the style images'
+    weights) is needed when a style term scores each style image separately.
+    """
+    default = {"content": content_layer_weights, "style": style_layer_weights, "image": None}
+    per_term = []
+    for i, t in enumerate(obj.terms):
+        role = registry.get(t.kind).role
+        own = term_layer_weights[i] if term_layer_weights is not None else None
+        values = own if own is not None else default[role]
+        w = 1.0 if term_weights is None else term_weights[i]
+        per_term.append(
+            {
+                "weight": np.float32(w),
+                "layers": layer_weights(
+                    values, t.layers, f"{t.name if own is not None else role} layer weights"
+                ),
+            }
+        )
+    out = {
         "alpha": np.float32(alpha),
         "beta": np.float32(beta),
         "gamma": np.float32(gamma),
-        "content": layer_weights(
-            content_layer_weights, spec.content_layers, "content layer weights"
-        ),
-        "style": layer_weights(style_layer_weights, spec.style_layers, "style layer weights"),
+        "terms": per_term,
     }
+    if needs_blend(obj):
+        if blend is None:
+            raise UsageError("this objective scores style images separately: give blend weights")
+        out["blend"] = np.asarray(blend, np.float32)
+    return out
 
 
-def _features(spec: Spec, vgg_params, pixels_BxHxWx3, layers):
+def needs_blend(obj: Objective) -> bool:
+    """Whether some style term scores each style image separately (no target blend)."""
+    return any(registry.get(obj.terms[i].kind).blend is None for i in obj.role_terms("style"))
+
+
+def _features(obj: Objective, vgg_params, pixels_BxHxWx3, layers):
     return vgg.features(
         vgg_params,
-        spec.preprocessing.to_network(pixels_BxHxWx3),
+        obj.preprocessing.to_network(pixels_BxHxWx3),
         layers,
-        spec.pooling,
-        conv_impl=spec.conv_impl,
+        obj.pooling,
+        conv_impl=obj.conv_impl,
     )
 
 
-def _mean_grams(spec: Spec, vgg_params, pixels_BxHxWx3, layers):
-    feats = _features(spec, vgg_params, pixels_BxHxWx3, layers)
-    return {k: losses.gram(f) / (f.shape[1] * f.shape[2]) for k, f in feats.items()}
-
-
-def one_off(spec: Spec) -> Spec:
-    """``spec`` with XLA's convolution: for what runs once per run (targets, final
+def one_off(obj: Objective) -> Objective:
+    """``obj`` with XLA's convolution: for what runs once per run (targets, final
     losses), where Winograd's longer compile would not pay off. Same function, to
     float32 rounding."""
-    return dataclasses.replace(spec, conv_impl="xla")
+    return dataclasses.replace(obj, conv_impl="xla")
+
+
+def feature_hw(layer: str, hw: tuple[int, int]) -> tuple[int, int]:
+    """Spatial size of ``layer``'s output for an image of size ``hw``."""
+    f = 2 ** vgg.downsampling(layer)
+    return hw[0] // f, hw[1] // f
+
+
+def _reference_targets(obj: Objective, role: str, vgg_params, x_1xHxWx3, out_hw):
+    """Targets of ``role``'s terms from one reference image: ``{term index: {layer: t}}``."""
+    idx = obj.role_terms(role)
+    layers = tuple(dict.fromkeys(layer for i in idx for layer in obj.terms[i].layers))
+    feats = _features(obj, vgg_params, x_1xHxWx3, layers)
+    out = {}
+    for i in idx:
+        t = obj.terms[i]
+        kind = registry.get(t.kind)
+        out[i] = {
+            layer: kind.targets(
+                feats[layer],
+                (*feature_hw(layer, out_hw), feats[layer].shape[-1]),
+                **t.option_dict(),
+            )
+            for layer in t.layers
+        }
+    return out
 
 
 # Targets are computed once per run, compiled (op-by-op VGG would be slow).
-_features_jit = jax.jit(_features, static_argnums=(0, 3))
-_mean_grams_jit = jax.jit(_mean_grams, static_argnums=(0, 3))
+_reference_targets_jit = jax.jit(_reference_targets, static_argnums=(0, 1, 4))
 
 
-def content_targets(spec: Spec, vgg_params, content_HxWx3) -> dict:
-    """Content features ``{layer: 1xHxWxC}``."""
-    if not spec.content_layers:
-        return {}
-    x = np.asarray(content_HxWx3, np.float32)[None]
-    return _features_jit(one_off(spec), vgg_params, x, spec.content_layers)
+def targets(
+    obj: Objective, vgg_params, content_HxWx3, styles: Sequence, blend: Sequence[float]
+) -> list:
+    """Every term's targets, in term order: ``{layer: target}`` per term (None for
+    image terms); a style term without a ``blend`` function gets a list, one
+    ``{layer: target}`` per style image, and the loss blends its values."""
+    obj = one_off(obj)
+    out_hw = tuple(np.shape(content_HxWx3)[:2])
+    result: list = [None] * len(obj.terms)
+    if obj.role_terms("content"):
+        x = np.asarray(content_HxWx3, np.float32)[None]
+        for i, t in _reference_targets_jit(obj, "content", vgg_params, x, out_hw).items():
+            result[i] = t
+    if obj.role_terms("style"):
+        per_style = [
+            _reference_targets_jit(
+                obj, "style", vgg_params, np.asarray(s, np.float32)[None], out_hw
+            )
+            for s in styles
+        ]
+        for i in obj.role_terms("style"):
+            kind = registry.get(obj.terms[i].kind)
+            if kind.blend is None:
+                result[i] = [p[i] for p in per_style]
+                continue
+            result[i] = {
+                layer: kind.blend([np.asarray(p[i][layer]) for p in per_style], list(blend))
+                for layer in obj.terms[i].layers
+            }
+    return result
 
 
-def style_targets(
-    spec: Spec, vgg_params, styles: Sequence, blend: Sequence[float], content_hw: tuple[int, int]
-) -> dict:
-    """Blended target Grams ``sum_s w_s A_s``, rescaled to the content image's size.
-
-    A Gram sums over positions, so a style image of M_s positions gives Grams M_s/M
-    times those of an M-position image with the same statistics; each target is
-    rescaled by M/M_s so that style images of any size compare with the output.
-    Blending happens on the host (small CxC arrays), so it compiles nothing.
-    """
-    if not spec.style_layers:
-        return {}
-    total: dict = {}
-    for style, w in zip(styles, blend, strict=True):
-        x = np.asarray(style, np.float32)[None]
-        grams = _mean_grams_jit(one_off(spec), vgg_params, x, spec.style_layers)
-        for layer, g in grams.items():
-            f = 2 ** vgg.downsampling(layer)
-            m_out = (content_hw[0] // f) * (content_hw[1] // f)
-            g = np.asarray(g, np.float32) * np.float32(w * m_out)
-            total[layer] = g if layer not in total else total[layer] + g
-    return total
-
-
-def loss(spec: Spec, pixels_BxHxWx3, vgg_params, targets, weights):
+def loss(obj: Objective, pixels_BxHxWx3, vgg_params, targets, weights, key=None):
     """Total loss and its parts for a pixel-space image batch (summed over the batch).
 
-    ``targets`` is ``{"content": {layer: feat}, "style": {layer: gram}}``; ``weights``
-    comes from :func:`make_weights`. The parts are the weighted terms, so
-    ``total = content_loss + style_loss + tv_loss``.
+    ``targets`` comes from :func:`targets`, ``weights`` from :func:`make_weights`;
+    ``key`` is a PRNG key (folded with the step by the caller) for stochastic terms.
+    Returns ``(total, parts)``; ``parts`` holds the role sums under :data:`RECORD_KEYS`
+    and ``parts["terms"]``, the weighted value of every term (they sum to the total).
     """
-    feats = _features(spec, vgg_params, pixels_BxHxWx3, spec.layers)
-    content = jnp.float32(0.0)
-    for i, layer in enumerate(spec.content_layers):
-        l_B = losses.content_layer_loss(feats[layer], targets["content"][layer])
-        content = content + weights["content"][i] * jnp.sum(l_B)
-    style = jnp.float32(0.0)
-    for i, layer in enumerate(spec.style_layers):
-        l_B = losses.style_layer_loss(feats[layer], targets["style"][layer], spec.gram_norm)
-        style = style + weights["style"][i] * jnp.sum(l_B)
-    tv = jnp.sum(losses.tv_loss(pixels_BxHxWx3))
-    parts = {
-        "content_loss": weights["alpha"] * content,
-        "style_loss": weights["beta"] * style,
-        "tv_loss": weights["gamma"] * tv,
-    }
-    return parts["content_loss"] + parts["style_loss"] + parts["tv_loss"], parts
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    feats = _features(obj, vgg_params, pixels_BxHxWx3, obj.layers)
+    sums = {"content": jnp.float32(0.0), "style": jnp.float32(0.0), "image": jnp.float32(0.0)}
+    values = []
+    for i, t in enumerate(obj.terms):
+        kind = registry.get(t.kind)
+        opts = t.option_dict()
+        w = weights["terms"][i]
+        k_t = jax.random.fold_in(key, i)
+        if kind.reads == "pixels":
+            raw = jnp.sum(kind.loss(pixels_BxHxWx3, None, k_t, **opts))
+        else:
+            raw = jnp.float32(0.0)
+            for j, layer in enumerate(t.layers):
+                k_l = jax.random.fold_in(k_t, j)
+                target = targets[i]
+                if isinstance(target, list):  # one target per style image
+                    l_B = sum(
+                        weights["blend"][s] * kind.loss(feats[layer], ts[layer], k_l, **opts)
+                        for s, ts in enumerate(target)
+                    )
+                else:
+                    l_B = kind.loss(feats[layer], target[layer], k_l, **opts)
+                raw = raw + w["layers"][j] * jnp.sum(l_B)
+        value = weights[ROLE_WEIGHTS[kind.role]] * (w["weight"] * raw)
+        values.append(value)
+        sums[kind.role] = sums[kind.role] + value
+    parts = {ROLE_KEYS[role]: v for role, v in sums.items()}
+    parts["terms"] = tuple(values)
+    total = parts["content_loss"] + parts["style_loss"] + parts["tv_loss"]
+    return total, parts
+
+
+def record(total, parts) -> jax.Array:
+    """The per-step record vector, ordered as :attr:`Objective.record_keys`."""
+    return jnp.stack(
+        [total, parts["content_loss"], parts["style_loss"], parts["tv_loss"], *parts["terms"]]
+    )

@@ -2,60 +2,40 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
+import json
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from nstjax import atomic, batch, image, monitor, sweep
+from nstjax import atomic, build, engine, image, monitor, sweep, writers
+from nstjax.arbitrary import batch as arbitrary_batch
 from nstjax.errors import UsageError
-from nstjax.gatys import LOSS_KEYS
+from nstjax.objective import RECORD_KEYS as LOSS_KEYS
 from nstjax.weights import api as weights_api
 
 
-def _metrics(o: batch.Outcome, weights_info: dict) -> dict:
-    s = o.variant.settings
-    steps = int(o.history.shape[1])
-    m = {key: [float(x) for x in o.history[i]] for i, key in enumerate(LOSS_KEYS)}
+def _variant_metrics(v: sweep.Variant, m: dict, group: int) -> dict:
+    m = dict(m)
+    m["seconds"] = m["batch_seconds"] / max(1, m["batch_size"])  # the batch's wall, shared
     m.update(
         {
-            "status": "failed" if o.error else "done",
-            "error": o.error,
-            "steps": steps,
-            "final": (
-                None
-                if o.final is None
-                else {key: float(o.final[i]) for i, key in enumerate(LOSS_KEYS)}
-            ),
-            "compile_seconds": o.compile_seconds,
-            "batch_seconds": o.run_seconds,
-            "batch_size": o.batch_size,
-            "seconds": o.run_seconds / o.batch_size,  # the batch's wall time, shared out
-            "seconds_per_step": o.run_seconds / max(1, steps),  # one step of the whole batch
-            "settings": s.as_dict(),
-            "overrides": sweep._jsonable(o.variant.overrides),
-            "content": o.variant.content,
-            "styles": list(o.variant.styles),
-            "weights": weights_info,
-            "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.local_devices()],
+            "overrides": sweep._jsonable(v.overrides),
+            "content": v.content,
+            "styles": list(v.styles),
+            "group": group,
         }
     )
-    if o.image_HxWx3 is not None:
-        m["height"], m["width"] = (int(x) for x in o.image_HxWx3.shape[:2])
     return m
 
 
-def _write_variant(workdir: Path, o: batch.Outcome, weights_info: dict, group: int) -> dict:
-    d = sweep.variant_dir(workdir, o.variant)
+def _write_variant(workdir: Path, v: sweep.Variant, image_HxWx3, m: dict) -> dict:
+    d = sweep.variant_dir(workdir, v)
     d.mkdir(parents=True, exist_ok=True)
-    if o.image_HxWx3 is not None:
-        image.save(d / "image.png", o.image_HxWx3)
-    atomic.write_json(d / "config.json", o.variant.record())
-    m = dict(_metrics(o, weights_info), group=group)
+    if image_HxWx3 is not None:
+        image.save(d / "image.png", image_HxWx3)
+    atomic.write_json(d / "config.json", v.record())
     atomic.write_json(d / "metrics.json", m)  # last: its presence means "finished"
     return m
 
@@ -77,33 +57,6 @@ def _row(v: sweep.Variant, m: dict) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _closing(bar):
-    try:
-        yield
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _require_tensorboard():
-    try:
-        from tensorboardX import SummaryWriter  # noqa: PLC0415
-    except ImportError:
-        raise UsageError(
-            "tensorboard=True needs tensorboardX: pip install 'nstjax[tensorboard]'"
-        ) from None
-    return SummaryWriter
-
-
-def _tensorboard(workdir: Path, name: str, m: dict) -> None:
-    SummaryWriter = _require_tensorboard()  # noqa: N806
-    with SummaryWriter(str(workdir / "tensorboard" / name)) as w:
-        for key in LOSS_KEYS:
-            for step, value in enumerate(m[key]):
-                w.add_scalar(key, value, step)
-
-
 def run(
     config,
     workdir: str | Path,
@@ -123,7 +76,7 @@ def run(
     if int(config.batch_size) < 1:
         raise UsageError(f"batch_size must be >= 1, got {config.batch_size}")
     if config.get("tensorboard", False):
-        _require_tensorboard()  # before hours of work, not after
+        writers.require_tensorboard()  # before hours of work, not after
     variants = sweep.expand(config, sweep_fn, arg)
     writer = jax.process_index() == 0
     sweep.prepare_workdir(workdir, sweep.fingerprint(config, variants), overwrite, writer)
@@ -133,50 +86,33 @@ def run(
         multihost_utils.sync_global_devices("nstjax: workdir ready")
     mine = sweep.mine(variants, jax.process_index(), jax.process_count())
     todo = [v for v in mine if not sweep.is_done(workdir, v)]
-    weights: dict = {}
-    images = batch.ImageCache()
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
-        bar = tqdm(
-            total=sum(v.settings.steps for v in todo),
-            unit="step",
-            desc="sweep",
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
-
-    def save_intermediate(vs, step, state):
-        s = vs[0].settings
-        if s.save_every and step % s.save_every == 0 and step < s.steps:
-            imgs = np.asarray(state["image"])[:, 0]
-            for i, v in enumerate(vs):
-                d = sweep.variant_dir(workdir, v)
-                d.mkdir(parents=True, exist_ok=True)
-                image.save(d / f"step_{step:05d}.png", imgs[i])
-
-    groups = sweep.groups(todo)
+    jobs = _build_jobs(todo)
+    groups = engine.group(jobs)
+    total = sum(v.settings.steps for v in todo if v.settings.method == "gatys")
+    bar = writers.ProgressWriter(total, "sweep") if progress and total else None
     failed = programs = 0
-    with monitor.count_compiles() as compiles, _closing(bar):
-        for gi, group in enumerate(groups):
-            key = (group[0].settings.weights, group[0].settings.weights_format)
-            if key not in weights:
-                weights[key] = weights_api.load(*key)
-            w = weights[key]
-            for outcome in batch.run_group(
-                group,
-                w,
-                int(config.batch_size),
-                images,
-                on_progress=bar.update if bar else None,
-                on_chunk=save_intermediate,
-            ):
-                m = _write_variant(workdir, outcome, w.info, gi)
-                programs += outcome.programs
-                failed += m["status"] == "failed"
-                if config.get("tensorboard", False):
-                    _tensorboard(workdir, outcome.variant.name, m)
+    batch_size = int(config.batch_size)
+    with monitor.count_compiles() as compiles:
+        try:
+            for gi, group in enumerate(groups):
+                if isinstance(group[0], arbitrary_batch.ArbitraryJob):
+                    n = min(batch_size, len(group))
+                    for job, out, seconds in arbitrary_batch.run_group(group, batch_size):
+                        m = arbitrary_batch.metrics(job, seconds, n)
+                        _write_variant(workdir, job.tag, out, _variant_metrics(job.tag, m, gi))
+                    continue
+                live = {j.tag.name: _live_writer(workdir, j.tag, config) for j in group}
+                on_chunk = _on_chunk(workdir, live, bar)
+                for outcome in engine.run_group(group, batch_size, on_chunk=on_chunk):
+                    v = outcome.job.tag
+                    live.pop(v.name).close()
+                    m = _variant_metrics(v, engine.metrics(outcome), gi)
+                    _write_variant(workdir, v, outcome.image_HxWx3, m)
+                    programs += outcome.programs
+                    failed += m["status"] == "failed"
+        finally:
+            if bar is not None:
+                bar.close()
     summary = {
         "variants": len(variants),
         "ran": len(todo),
@@ -192,11 +128,59 @@ def run(
     return summary
 
 
+def _build_jobs(todo: list[sweep.Variant]) -> list:
+    """One job per variant; targets and inits once per distinct images and objective."""
+    weights: dict = {}
+    images = build.ImageCache()
+    caches: dict = {}
+    jobs = []
+    for v in todo:
+        s = v.settings
+        if s.method == "arbitrary":
+            jobs.append(arbitrary_batch.build_job(s, v.content, v.styles, images, tag=v))
+            continue
+        key = (s.weights, s.weights_format)
+        if key not in weights:
+            weights[key] = weights_api.load(*key)
+        jobs.append(build.build_job(s, v.content, v.styles, weights[key], images, caches, tag=v))
+    return jobs
+
+
+def _live_writer(workdir: Path, v: sweep.Variant, config) -> writers.MetricWriter:
+    """Per-step losses of a variant as its chunks finish: CSV, and TensorBoard if asked."""
+    d = sweep.variant_dir(workdir, v)
+    d.mkdir(parents=True, exist_ok=True)
+    tb = config.get("tensorboard", False)
+    return writers.MultiWriter(
+        [
+            writers.CsvWriter(d / "losses.csv"),
+            writers.TensorBoardWriter(workdir / "tensorboard" / v.name) if tb else None,
+        ]
+    )
+
+
+def _on_chunk(workdir: Path, live: dict, bar):
+    def on_chunk(jobs, step, rec_RxKxN, state):
+        keys = jobs[0].program.objective.record_keys
+        first = step - rec_RxKxN.shape[2]
+        for i, job in enumerate(jobs):
+            live[job.tag.name].write_steps(first, keys, rec_RxKxN[i])
+        if bar is not None:
+            bar.runs = len(jobs)
+            bar.write_steps(first, keys, rec_RxKxN[0])
+        s = jobs[0].settings
+        if s.save_every and step % s.save_every == 0 and step < s.steps:
+            imgs = np.asarray(state["image"])[:, 0]
+            for i, job in enumerate(jobs):
+                image.save(sweep.variant_dir(workdir, job.tag) / f"step_{step:05d}.png", imgs[i])
+
+    return on_chunk
+
+
 def _report(config, workdir: Path, variants: list[sweep.Variant]) -> None:
-    from nstjax import report  # noqa: PLC0415
+    from nstjax import report  # noqa: PLC0415  (matplotlib: only when reporting)
 
     rows, histories, images = [], {}, {}
-    import json  # noqa: PLC0415
 
     for v in variants:
         path = sweep.variant_dir(workdir, v) / "metrics.json"
@@ -204,7 +188,8 @@ def _report(config, workdir: Path, variants: list[sweep.Variant]) -> None:
             continue
         m = json.loads(path.read_text())
         rows.append(_row(v, m))
-        histories[v.name] = {k: m[k] for k in LOSS_KEYS}
+        if all(k in m for k in LOSS_KEYS):
+            histories[v.name] = {k: m[k] for k in LOSS_KEYS}
         if (sweep.variant_dir(workdir, v) / "image.png").is_file():
             images[v.name] = sweep.variant_dir(workdir, v) / "image.png"
     grid = config.get("grid", None)

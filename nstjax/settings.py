@@ -1,4 +1,11 @@
-"""Settings of one stylization run: one frozen dataclass, validated up front."""
+"""The settings schema: one frozen dataclass, the single source of truth for a run.
+
+Every field carries its help text, its value type and the methods that use it
+(``metadata``); the CLI flags (:mod:`nstjax.flags`), the ``ml_collections`` base config
+(:mod:`nstjax.configs`) and validation are generated from it. Which settings decide
+the compiled program is *not* listed here: it follows from the static objective and
+optimizer that :mod:`nstjax.build` derives from the settings.
+"""
 
 from __future__ import annotations
 
@@ -6,84 +13,142 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
-from nstjax import conv, losses, vgg
+from nstjax import conv, terms, vgg
 from nstjax.errors import UsageError
-from nstjax.optim import DEFAULT_LR, LOOPS, OPTIMIZERS
+from nstjax.optimizers import DEFAULT_LR, OPTIMIZERS
 
 GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 INITS = ("content", "noise", "style", "arbitrary")  # or a path to an image file
+METHODS = ("gatys", "arbitrary")
+LOOPS = ("auto", "device", "host")
+BOTH, GATYS, ARBITRARY = METHODS, ("gatys",), ("arbitrary",)
+
+
+def _field(default, help: str, type: str, methods=GATYS, choices=None):  # noqa: A002
+    """A settings field. ``type``: int, float, str, opt_float, opt_str, names, floats
+    (comma-separated, optional) or terms (repeatable term strings)."""
+    meta = {"help": help, "type": type, "methods": methods, "choices": choices}
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Everything that decides a Gatys run (the CLI flags map 1:1 onto these)."""
+    """Everything that decides a run. ``nstjax stylize --help`` lists the same fields."""
 
-    size: int = 512  # long side of the output, pixels
-    style_scale: float = 1.0  # style image long side = style_scale * size
-    steps: int = 500
-    optimizer: str = "lbfgs"
-    lr: float | None = None  # None: 1.0 for L-BFGS, 10.0 (pixel units) for Adam
-    memory_size: int = 100  # L-BFGS history
-    content_weight: float = 1.0  # alpha
-    style_weight: float = 1e3  # beta (alpha/beta = 1e-3 as in Gatys et al. Fig. 2)
-    tv_weight: float = 0.0  # gamma
-    content_layers: tuple[str, ...] = ("conv4_2",)
-    style_layers: tuple[str, ...] = GATYS_STYLE_LAYERS
-    content_layer_weights: tuple[float, ...] | None = None  # None: equal, summing to 1
-    style_layer_weights: tuple[float, ...] | None = None
-    style_blend: tuple[float, ...] | None = None  # None: equal
-    pooling: str = "avg"  # the paper's choice
-    gram_norm: str = "gatys"
-    init: str = "content"  # content | noise | style | arbitrary (fast network) | image path
-    init_noise: float = 64.0  # std of the noise init around mid-grey, pixel units
-    seed: int = 0
-    save_every: int = 0  # 0: no intermediate images
-    chunk_size: int = 20  # steps per chunk between returns to Python
-    loop: str = "auto"  # device: one compiled fori_loop per chunk; host: see optim.resolve_loop
-    conv_impl: str = conv.DEFAULT_IMPL  # a key of nstjax.conv.CONV_IMPLS
-    weights: str = "auto"  # a source name or a weights file
-    weights_format: str | None = None
+    method: str = _field("gatys", "gatys (optimization) or arbitrary (fast network)", "str",
+                         BOTH, METHODS)  # fmt: skip
+    size: int = _field(512, "long side of the output, pixels", "int", BOTH)
+    style_scale: float = _field(1.0, "style image long side relative to size", "float")
+    steps: int = _field(500, "optimization steps", "int")
+    optimizer: str = _field("lbfgs", "lbfgs or adam", "str")
+    lr: float | None = _field(None, "learning rate (default 1 for lbfgs, 10 for adam)",
+                              "opt_float")  # fmt: skip
+    memory_size: int = _field(100, "L-BFGS history length", "int")
+    content_weight: float = _field(1.0, "alpha: weight of the content terms", "float")
+    style_weight: float = _field(1e3, "beta: weight of the style terms", "float")
+    tv_weight: float = _field(0.0, "gamma: weight of the image terms (TV)", "float")
+    content_layers: tuple[str, ...] = _field(("conv4_2",), "default layers of content terms",
+                                             "names")  # fmt: skip
+    style_layers: tuple[str, ...] = _field(GATYS_STYLE_LAYERS, "default layers of style terms",
+                                           "names")  # fmt: skip
+    content_layer_weights: tuple[float, ...] | None = _field(
+        None, "per content layer (default equal, summing to 1)", "floats"
+    )
+    style_layer_weights: tuple[float, ...] | None = _field(
+        None, "per style layer (default equal, summing to 1)", "floats"
+    )
+    content_loss: tuple[str, ...] = _field(
+        ("mse",), "content term, e.g. mse or KIND:weight=W,layers=a+b (repeat to add)", "terms"
+    )
+    style_loss: tuple[str, ...] = _field(
+        ("gram",), "style term, e.g. gram:norm=chw,weight=2 (repeat to combine)", "terms"
+    )
+    image_loss: tuple[str, ...] = _field(("tv",), "image terms (weight tv_weight)", "terms")
+    style_blend: tuple[float, ...] | None = _field(
+        None, "weights of the style images, e.g. 0.7,0.3", "floats", BOTH
+    )
+    pooling: str = _field("avg", "max or avg (the paper's)", "str", choices=vgg.POOLINGS)
+    gram_norm: str = _field("gatys", "default norm of gram terms: gatys, n, hw, chw", "str")
+    init: str = _field("content", "content, noise, style, arbitrary or an image path", "str")
+    init_noise: float = _field(64.0, "std of the noise init around mid-grey, pixels", "float")
+    seed: int = _field(0, "PRNG seed (noise init, stochastic terms)", "int")
+    save_every: int = _field(0, "save an intermediate image every N steps (0: never)", "int")
+    chunk_size: int = _field(20, "steps per compiled chunk between returns to Python", "int")
+    loop: str = _field("auto", "auto, device (fori_loop) or host (dispatch)", "str",
+                       choices=LOOPS)  # fmt: skip
+    conv_impl: str = _field(
+        conv.DEFAULT_IMPL,
+        "convolution policy: auto (Winograd where it pays on CPU), xla, winograd2, "
+        "winograd4, winograd4_wide; xla compiles ~10x faster for short runs",
+        "str",
+    )
+    weights: str = _field("auto", "VGG19 weights: a source name or a file", "str")
+    weights_format: str | None = _field(None, "format of a weights file", "opt_str")
+    style_strength: float = _field(1.0, "arbitrary: 0 (content's own style) .. 1", "float",
+                                   ARBITRARY)  # fmt: skip
 
     def __post_init__(self):
-        for name in (
-            "content_layers",
-            "style_layers",
-            "content_layer_weights",
-            "style_layer_weights",
-            "style_blend",
-        ):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["type"] in ("names", "floats", "terms") and value is not None:
+                if isinstance(value, str):
+                    value = (value,) if f.metadata["type"] == "terms" else value.split(",")
+                object.__setattr__(self, f.name, tuple(value))
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise UsageError(
+                    f"unknown {f.name} {getattr(self, f.name)!r}; use one of {choices}"
+                )
         vgg.check_layers(self.content_layers, "content layer")
         vgg.check_layers(self.style_layers, "style layer")
-        losses.check_gram_norm(self.gram_norm)
         conv.check_impl(self.conv_impl)
-        if self.loop not in LOOPS:
-            raise UsageError(f"unknown loop mode {self.loop!r}; use one of {LOOPS}")
-        if self.pooling not in vgg.POOLINGS:
-            raise UsageError(f"unknown pooling {self.pooling!r}; use one of {vgg.POOLINGS}")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(
                 f"unknown optimizer {self.optimizer!r}; use one of {sorted(OPTIMIZERS)}"
             )
-        _positive_int("size", self.size)
-        _positive_int("chunk_size", self.chunk_size)
-        _positive_int("memory_size", self.memory_size)
-        if self.steps < 0 or self.save_every < 0:
-            raise UsageError("steps and save_every must be >= 0")
+        for name in ("size", "chunk_size", "memory_size"):
+            _positive_int(name, getattr(self, name))
+        for name in ("steps", "save_every"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
+                raise UsageError(f"{name} must be an integer >= 0, got {getattr(self, name)}")
+        if int(self.seed) != self.seed:
+            raise UsageError(f"seed must be an integer, got {self.seed}")
         for name in ("style_scale", "content_weight", "style_weight", "tv_weight", "init_noise"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise UsageError(f"{name} must be a finite number >= 0, got {value}")
+            _finite_nonneg(name, getattr(self, name))
+        for name in ("content_layer_weights", "style_layer_weights", "style_blend"):
+            for v in getattr(self, name) or ():
+                _finite_nonneg(name, v)
         if self.style_scale == 0:
             raise UsageError("style_scale must be > 0")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.style_strength) and 0 <= self.style_strength <= 1):
+            raise UsageError(f"--style-strength must be in [0, 1], got {self.style_strength}")
+        self.term_configs()  # validates every term string
 
     @property
     def resolved_lr(self) -> float:
         return DEFAULT_LR[self.optimizer] if self.lr is None else float(self.lr)
+
+    def term_configs(self) -> list[terms.TermConfig]:
+        """The objective's terms, parsed: content, then style, then image terms."""
+        out = []
+        for role, field in (("content", "content_loss"), ("style", "style_loss"),
+                            ("image", "image_loss")):  # fmt: skip
+            for text in getattr(self, field):
+                c = terms.parse(text, {"norm": self.gram_norm})
+                if terms.get(c.kind).role != role:
+                    raise UsageError(
+                        f"{field} got {c.kind!r}, a {terms.get(c.kind).role} term; "
+                        f"{role} terms are {list(terms.kinds(role))}"
+                    )
+                if c.layers is not None:
+                    vgg.check_layers(c.layers, f"{c.kind} layer")
+                for v in c.layer_weights or ():
+                    _finite_nonneg(f"{c.kind} layer_weights", v)
+                out.append(c)
+        terms.unique_names(out)
+        return out
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -103,6 +168,11 @@ class Settings:
         return cls(**{k: _plain(v) for k, v in mapping.items()})
 
 
+def fields() -> tuple[dataclasses.Field, ...]:
+    """The schema: every settings field with its metadata (help, type, methods)."""
+    return dataclasses.fields(Settings)
+
+
 def _plain(value):
     if isinstance(value, str) or value is None:
         return value
@@ -114,6 +184,15 @@ def _plain(value):
 def _positive_int(name: str, value) -> None:
     if int(value) != value or value < 1:
         raise UsageError(f"{name} must be a positive integer, got {value}")
+
+
+def _finite_nonneg(name: str, value) -> None:
+    try:
+        ok = math.isfinite(float(value)) and float(value) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(f"{name} must be finite numbers >= 0, got {value!r}")
 
 
 def blend_weights(blend: Sequence[float] | None, n_styles: int) -> list[float]:

@@ -4,8 +4,9 @@ A config file defines ``get_config(arg=None)`` (a locked ConfigDict with
 ``content``, ``styles``, ``settings`` — the fields of :class:`nstjax.Settings` —
 ``batch_size``, ``grid``, ``tensorboard``) and ``sweep(add)``, which calls
 ``add(**overrides)`` once per variant; overrides name Settings fields or
-``content``/``styles``. Variants that share the compiled program (same image
-shapes, layer sets, optimizer, steps) form a group and run batched.
+``content``/``styles``. Variants that share the compiled program (the same static
+objective, optimizer and step plan, and inputs of the same shapes) form a group and
+run batched.
 
 Workdir layout::
 
@@ -25,28 +26,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from nstjax import atomic
+from nstjax import atomic, build
 from nstjax.errors import UsageError
+from nstjax.optimizers import OptimizerSpec
 from nstjax.settings import Settings
+from nstjax.weights.preprocessing import CAFFE
 
 IMAGE_KEYS = ("content", "styles")
-# Settings fields that shape the compiled program (besides the image shapes).
-STATIC_FIELDS = (
-    "size",
-    "content_layers",
-    "style_layers",
-    "pooling",
-    "gram_norm",
-    "optimizer",
-    "memory_size",
-    "steps",
-    "chunk_size",
-    "loop",
-    "conv_impl",
-    "weights",
-    "weights_format",
-    "save_every",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +46,21 @@ class Variant:
     content: str
     styles: tuple[str, ...]
 
-    def group_key(self) -> tuple:
-        return (self.content, *(getattr(self.settings, f) for f in STATIC_FIELDS))
+    def static_key(self) -> tuple:
+        """A conservative group key, without loading images or weights: the static
+        program derived from the settings, plus the images and sizes. The runner groups
+        by the exact :meth:`nstjax.build.Job.group_key` instead (which also merges
+        variants whose different style images give targets of equal shapes)."""
+        s = self.settings
+        if s.method == "arbitrary":
+            return ("arbitrary", self.content, s.size)
+        obj, _ = build.objective_for(s, CAFFE)
+        program = build.Program(
+            obj, OptimizerSpec(s.optimizer, s.memory_size), s.steps, s.chunk_size,
+            s.save_every, s.loop,
+        )  # fmt: skip
+        return (program, s.weights, s.weights_format, self.content, s.size, s.style_scale,
+                len(self.styles), self.styles)  # fmt: skip
 
     def record(self) -> dict:
         return {
@@ -122,11 +121,13 @@ def expand(config, sweep_fn: Callable | None, arg: str | None = None) -> list[Va
     return variants
 
 
-def groups(variants: list[Variant]) -> list[list[Variant]]:
-    """Variants sharing one compiled program, in order of first appearance."""
-    by_key: dict[tuple, list[Variant]] = {}
+def groups(variants: list[Variant], key: Callable | None = None) -> list[list[Variant]]:
+    """Variants sharing one compiled program (by ``key``, default
+    :meth:`Variant.static_key`), in order of first appearance."""
+    key = key or Variant.static_key
+    by_key: dict = {}
     for v in variants:
-        by_key.setdefault(v.group_key(), []).append(v)
+        by_key.setdefault(key(v), []).append(v)
     return list(by_key.values())
 
 

@@ -21,12 +21,9 @@ def small_problem(images, real_weights):
     style = image.load(images / "starry_night.jpg", size=(24, 32))
     rng = np.random.default_rng(0)
     x = np.clip(content + rng.normal(0, 20, content.shape), 0, 255).astype(np.float32)
-    spec = objective.Spec(CONTENT, STYLE, "avg", "gatys", real_weights.preprocessing)
+    spec = objective.gatys(CONTENT, STYLE, "avg", "gatys", real_weights.preprocessing)
     params = jax.tree.map(jnp.asarray, real_weights.params)
-    targets = {
-        "content": objective.content_targets(spec, params, content),
-        "style": objective.style_targets(spec, params, [style], [1.0], content.shape[:2]),
-    }
+    targets = objective.targets(spec, params, content, [style], [1.0])
     weights = objective.make_weights(spec, alpha=1.0, beta=1e3)
     np_params = jax.tree.map(np.asarray, real_weights.params)
     return spec, params, targets, weights, x, content, style, np_params
@@ -93,24 +90,22 @@ def test_style_targets_are_size_invariant(real_weights, images):
     Downscaling removes fine detail, so the Grams differ somewhat (~20% here); without
     the M/M_s rescaling they would differ by the factor of 4 in positions.
     """
-    spec = objective.Spec((), ("relu1_1",), "avg", "gatys", real_weights.preprocessing)
+    spec = objective.gatys((), ("relu1_1",), "avg", "gatys", real_weights.preprocessing)
     params = jax.tree.map(jnp.asarray, real_weights.params)
     big = image.load(images / "starry_night.jpg", size=(64, 96))
     small = image.resize(big, 32, 48)
-    a = objective.style_targets(spec, params, [big], [1.0], (32, 48))["relu1_1"]
-    b = objective.style_targets(spec, params, [small], [1.0], (32, 48))["relu1_1"]
+    out = np.zeros((32, 48, 3), np.float32)  # the output's size
+    a = objective.targets(spec, params, out, [big], [1.0])[0]["relu1_1"]
+    b = objective.targets(spec, params, out, [small], [1.0])[0]["relu1_1"]
     chex.assert_shape(a, (1, 64, 64))
     assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 0.3
     assert 0.67 < float(jnp.linalg.norm(a) / jnp.linalg.norm(b)) < 1.5
 
 
 def test_changing_weights_does_not_retrace(tiny_params):
-    spec = objective.Spec(("relu2_1",), ("relu1_1",), "max", "gatys")
+    spec = objective.gatys(("relu2_1",), ("relu1_1",), "max", "gatys")
     x = jnp.ones((1, 8, 8, 3)) * 100
-    targets = {
-        "content": objective.content_targets(spec, tiny_params, np.ones((8, 8, 3))),
-        "style": objective.style_targets(spec, tiny_params, [np.zeros((8, 8, 3))], [1.0], (8, 8)),
-    }
+    targets = objective.targets(spec, tiny_params, np.ones((8, 8, 3)), [np.zeros((8, 8, 3))], [1.0])
 
     @jax.jit
     @chex.assert_max_traces(n=1)

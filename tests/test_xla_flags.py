@@ -53,12 +53,11 @@ def test_chunk_runner_compiles_the_step_with_the_options(monkeypatch, real_weigh
 
     rng = np.random.default_rng(0)
     content = rng.uniform(0, 255, (16, 16, 3)).astype(np.float32)
-    problem = gatys.prepare(
-        Settings(size=16, style_layers=("relu1_1",), content_layers=("relu1_2",)),
+    job = gatys.prepare(
+        Settings(size=16, style_layers=("relu1_1",), content_layers=("relu1_2",), steps=2),
         content,
         [content[::-1]],
         real_weights,
     )
-    state = optim.init_state(problem.opt, problem.init_BxHxWx3)
-    optim.ChunkRunner(problem.spec, problem.opt, 2, "host", state, problem.ctx)
+    gatys.optimize(job)
     assert seen == [{YNN: ""}]

@@ -1,0 +1,202 @@
+"""From settings, images and weights to a :class:`Job`: everything one run needs.
+
+This is the one place that turns :class:`~nstjax.settings.Settings` into compiled-code
+inputs, for single runs and sweeps alike:
+
+* the static :class:`Program` (objective terms, optimizer, step plan): hashable, it
+  decides the compiled program;
+* the dynamic inputs: the initial image, the targets (computed once per run), the loss
+  weights, the learning rate and the PRNG key.
+
+Two jobs share one compiled program exactly when :meth:`Job.group_key` is equal: the
+same program and weights, and the same shapes of every dynamic input. Nothing lists
+"static settings" by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nstjax import image, objective, terms
+from nstjax.errors import UsageError
+from nstjax.optimizers import OptimizerSpec
+from nstjax.settings import INITS, Settings, blend_weights
+from nstjax.weights import api as weights_api
+
+ImageLike = str | os.PathLike | np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """The static part of a run: decides the compiled program (hashable)."""
+
+    objective: objective.Objective
+    opt: OptimizerSpec
+    steps: int
+    chunk_size: int
+    save_every: int
+    loop: str
+
+
+@dataclasses.dataclass
+class Job:
+    """One run, ready for the engine. ``tag`` is the caller's (e.g. a sweep variant)."""
+
+    program: Program
+    init_1xHxWx3: np.ndarray
+    run: dict  # {"targets", "weights", "lr"}: per-run pytree
+    key: np.ndarray  # uint32[2], the run's PRNG key
+    settings: Settings
+    weights_info: dict
+    vgg_params: dict  # the raw VGG19 params (shared by the group; not part of the key)
+    tag: Any = None
+
+    def group_key(self) -> tuple:
+        leaves, tree = jax.tree.flatten((self.init_1xHxWx3, self.run))
+        shapes = tuple((np.shape(x), np.result_type(x).name) for x in leaves)
+        return (self.program, self.weights_info.get("sha256"), str(tree), shapes)
+
+
+class ImageCache:
+    """Decodes each (path, size) once (per sweep); arrays pass through."""
+
+    def __init__(self):
+        self._images: dict = {}
+
+    def get(self, img: ImageLike, long_side: int | None = None, size=None) -> np.ndarray:
+        if isinstance(img, np.ndarray):
+            return _array(img, long_side, size)
+        key = (str(img), long_side, size)
+        if key not in self._images:
+            self._images[key] = image.load(img, long_side=long_side, size=size)
+        return self._images[key]
+
+
+def _array(img: np.ndarray, long_side, size) -> np.ndarray:
+    arr = np.asarray(img, np.float32)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise UsageError(f"image arrays must be HxWx3, got shape {arr.shape}")
+    if size is not None:
+        return image.resize(arr, *size) if arr.shape[:2] != tuple(size) else arr
+    if long_side is not None:
+        w, h = image.target_size(arr.shape[1], arr.shape[0], long_side)
+        return image.resize(arr, h, w) if (h, w) != arr.shape[:2] else arr
+    return arr
+
+
+def objective_for(settings: Settings, preprocessing) -> tuple[objective.Objective, list]:
+    """The static objective of ``settings`` and the term configs it came from."""
+    defaults = {
+        "content": settings.content_layers,
+        "style": settings.style_layers,
+        "image": (),
+    }
+    configs = settings.term_configs()
+    names = terms.unique_names(configs)
+    kept, ts = [], []
+    for c, name in zip(configs, names, strict=True):
+        kind = terms.get(c.kind)
+        if kind.reads == "pixels":
+            if c.layers:
+                raise UsageError(f"loss term {c.kind!r} reads the image, not layers")
+            layers = ()
+        else:
+            layers = c.layers if c.layers is not None else defaults[kind.role]
+            if not layers:  # e.g. content_layers=() switches the content term off
+                continue
+        kept.append(c)
+        ts.append(terms.Term(c.kind, name, tuple(layers), c.options))
+    obj = objective.Objective(tuple(ts), settings.pooling, preprocessing, settings.conv_impl)
+    return obj, kept
+
+
+def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequence) -> np.ndarray:
+    h, w = content_HxWx3.shape[:2]
+    if settings.init == "content":
+        return content_HxWx3.copy()
+    if settings.init == "noise":
+        key = jax.random.fold_in(jax.random.key(settings.seed), 0)
+        noise = jax.random.normal(key, (h, w, 3), jnp.float32)
+        return np.asarray(127.5 + settings.init_noise * noise, np.float32)
+    if settings.init == "arbitrary":  # the fast network's output (Ghiasi et al. 2017)
+        from nstjax.arbitrary import run  # noqa: PLC0415
+
+        blend = blend_weights(settings.style_blend, len(styles))
+        return run.stylize_pixels(content_HxWx3, styles, 1.0, blend)[0].astype(np.float32)
+    if settings.init == "style":
+        return _array(np.asarray(styles[0]), None, (h, w))
+    return image.load(Path(settings.init), size=(h, w))
+
+
+def check_init(settings: Settings) -> None:
+    if settings.init not in INITS and not Path(settings.init).is_file():
+        raise UsageError(
+            f"--init must be one of {INITS} or an image file; {settings.init!r} is neither"
+        )
+
+
+def build_job(
+    settings: Settings,
+    content: ImageLike,
+    styles: Sequence[ImageLike],
+    weights: weights_api.Weights,
+    images: ImageCache | None = None,
+    caches: dict | None = None,
+    tag: Any = None,
+) -> Job:
+    """Loads images, computes targets (once per distinct images and objective), the
+    initial image and the loss weights. ``caches`` (a dict) shares work across jobs."""
+    check_init(settings)
+    images = images or ImageCache()
+    caches = {} if caches is None else caches
+    styles = list(styles)
+    blend = blend_weights(settings.style_blend, len(styles))
+    content_img = images.get(content, settings.size)
+    style_side = max(1, round(settings.size * settings.style_scale))
+    style_imgs = [images.get(s, style_side) for s in styles]
+    obj, configs = objective_for(settings, weights.preprocessing)
+    cacheable = not any(isinstance(x, np.ndarray) for x in (content, *styles))
+    names = (str(content), tuple(str(s) for s in styles))
+    tkey = (objective.one_off(obj), names, tuple(blend), settings.size, settings.style_scale)
+    targets = caches.get(("targets", tkey)) if cacheable else None
+    if targets is None:
+        targets = objective.targets(obj, weights.params, content_img, style_imgs, blend)
+        if cacheable:
+            caches[("targets", tkey)] = targets
+    ikey = ("init", settings.init, settings.seed, settings.init_noise, names, tuple(blend),
+            settings.size, settings.style_scale)  # fmt: skip
+    init = caches.get(ikey) if cacheable else None
+    if init is None:
+        init = initial_image(settings, content_img, style_imgs)
+        if cacheable:
+            caches[ikey] = init
+    loss_weights = objective.make_weights(
+        obj,
+        settings.content_weight,
+        settings.style_weight,
+        settings.tv_weight,
+        settings.content_layer_weights,
+        settings.style_layer_weights,
+        term_weights=[c.weight for c in configs],
+        term_layer_weights=[c.layer_weights for c in configs],
+        blend=blend,
+    )
+    program = Program(
+        obj,
+        OptimizerSpec(settings.optimizer, settings.memory_size),
+        settings.steps,
+        settings.chunk_size,
+        settings.save_every,
+        settings.loop,
+    )
+    run = {"targets": targets, "weights": loss_weights, "lr": np.float32(settings.resolved_lr)}
+    key = np.asarray(jax.random.PRNGKey(settings.seed), np.uint32)
+    return Job(program, init[None], run, key, settings, weights.info, weights.params, tag)

@@ -1,0 +1,194 @@
+"""The one engine: runs a group of jobs as one batched, sharded, compiled program.
+
+Jobs of a group share :meth:`~nstjax.build.Job.group_key` (program and input shapes),
+so their optimization states and per-run inputs (targets, loss weights, learning rate,
+PRNG key) stack along a leading "runs" axis; the step is ``vmap``-ed over it
+(:func:`nstjax.optim.batched_step`) and the runs axis is sharded over the local
+devices with a ``NamedSharding``; the VGG params are replicated. Batches are padded to
+a fixed size (repeating the last job; the copies are discarded), so a group compiles
+exactly once. A single ``stylize`` call is a group of one; nothing else runs the
+optimization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from nstjax import monitor, optim, optimizers, vgg
+from nstjax.build import Job
+from nstjax.errors import NstError
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one job produced."""
+
+    job: Job
+    image_HxWx3: np.ndarray | None
+    history: np.ndarray  # record keys x steps
+    final: np.ndarray | None  # record keys
+    error: str | None
+    compile_seconds: float
+    run_seconds: float  # wall time of its whole batch's steps
+    batch_size: int
+    programs: int  # optimization programs compiled for it (the first of a group: 1, else 0)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.job.program.objective.record_keys
+
+
+def group(jobs: Sequence[Job]) -> list[list[Job]]:
+    """Jobs sharing one compiled program, in order of first appearance."""
+    by_key: dict = {}
+    for j in jobs:
+        by_key.setdefault(j.group_key(), []).append(j)
+    return list(by_key.values())
+
+
+def chunk_plan(steps: int, chunk: int, save_every: int) -> list[int]:
+    """Steps per chunk; chunks end at every save point."""
+    plan, done = [], 0
+    while done < steps:
+        n = min(chunk, steps - done)
+        if save_every:
+            n = min(n, save_every - done % save_every)
+        plan.append(n)
+        done += n
+    return plan
+
+
+def padded_size(n: int, batch_size: int, n_devices: int) -> int:
+    """Batch size for a group of n: at most batch_size, a multiple of the device count."""
+    b = min(batch_size, n)
+    return -(-b // n_devices) * n_devices
+
+
+def _stack(trees: Sequence):
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+ChunkCallback = Callable[[list[Job], int, np.ndarray, dict], None]
+
+
+def run_group(
+    jobs: list[Job],
+    batch_size: int,
+    on_chunk: ChunkCallback | None = None,
+    devices: Sequence | None = None,
+    stop_on_nonfinite: bool = False,
+) -> Iterator[Outcome]:
+    """Runs one group; yields an :class:`Outcome` per job as each batch finishes.
+
+    ``on_chunk(jobs, step, records_RxKxN, state)`` is called after every chunk with the
+    batch's real jobs, the step reached, that chunk's records and the state.
+    ``stop_on_nonfinite`` raises :class:`NstError` as soon as a chunk's losses are not
+    finite (single runs); otherwise the job is reported failed (sweeps).
+    """
+    p = jobs[0].program
+    devices = list(devices or jax.local_devices())
+    devices = devices[: max(1, min(len(devices), len(jobs)))]  # a run of one: one device
+    mesh = Mesh(np.array(devices), ("runs",))
+    runs_sharding = NamedSharding(mesh, PartitionSpec("runs"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    size = padded_size(len(jobs), batch_size, len(devices))
+    runner = prepared = None
+    compile_seconds = 0.0
+    for start in range(0, len(jobs), size):
+        batch = jobs[start : start + size]
+        real = len(batch)
+        batch = batch + [batch[-1]] * (size - real)
+        init_R = jax.device_put(np.stack([j.init_1xHxWx3 for j in batch]), runs_sharding)
+        keys_R = jax.device_put(np.stack([j.key for j in batch]), runs_sharding)
+        state = optimizers.init_states_jit(p.opt, init_R, keys_R)
+        if prepared is None:  # Winograd kernel transforms, once per group
+            vgg_params = jax.device_put(jax.tree.map(jnp.asarray, jobs[0].vgg_params), replicated)
+            prepared = vgg.prepare_params_jit(
+                vgg_params, batch[0].init_1xHxWx3.shape, p.objective.layers, p.objective.conv_impl
+            )
+        ctx = {
+            "vgg": prepared,
+            "runs": jax.device_put(_stack([j.run for j in batch]), runs_sharding),
+        }
+        programs = 0
+        if runner is None:
+            with monitor.count_compiles() as compiles:
+                runner = optim.ChunkRunner(p.objective, p.opt, p.chunk_size, p.loop, state, ctx)
+            compile_seconds, programs = runner.compile_seconds, compiles.count
+        t0 = time.perf_counter()
+        history = np.zeros((size, len(p.objective.record_keys), 0), np.float32)
+        for n in chunk_plan(p.steps, p.chunk_size, p.save_every):
+            state, rec = runner(state, n, ctx)
+            history = np.concatenate([history, rec], axis=2)
+            if stop_on_nonfinite and not np.all(np.isfinite(rec[:real])):
+                bad = int(np.argmax(~np.all(np.isfinite(history[:real]), axis=(0, 1))))
+                raise NstError(
+                    f"the loss became non-finite at step {bad}; try a smaller --lr or "
+                    "smaller loss weights"
+                )
+            if on_chunk is not None:
+                on_chunk(batch[:real], history.shape[2], rec[:real], state)
+        jax.block_until_ready(state["image"])
+        seconds = time.perf_counter() - t0  # the steps alone
+        final = np.asarray(optim.final_losses_jit(p.objective, state["image"], keys_R, ctx))
+        images_R = np.asarray(state["image"])[:, 0]
+        for i, job in enumerate(batch[:real]):
+            error = None
+            if not np.all(np.isfinite(history[i])):
+                bad = np.argmax(~np.all(np.isfinite(history[i]), axis=0))
+                error = f"the loss became non-finite at step {int(bad)}"
+            elif not np.all(np.isfinite(final[i])):
+                error = "the loss at the final image is non-finite"
+            ok = error is None
+            yield Outcome(
+                job,
+                images_R[i] if ok else None,
+                history[i],
+                final[i] if ok else None,
+                error,
+                compile_seconds,
+                seconds,
+                real,
+                programs,
+            )
+            compile_seconds, programs = 0.0, 0  # charged to the group's first job
+
+
+def metrics(o: Outcome) -> dict:
+    """The metrics dict of one outcome (per-step records, final values, timings)."""
+    keys = o.keys
+    m = {key: [float(x) for x in o.history[i]] for i, key in enumerate(keys[:4])}
+    m["terms"] = {key: [float(x) for x in o.history[i + 4]] for i, key in enumerate(keys[4:])}
+    steps = int(o.history.shape[1])
+    final = None
+    if o.final is not None:
+        final = {key: float(o.final[i]) for i, key in enumerate(keys[:4])}
+        final["terms"] = {key: float(o.final[i + 4]) for i, key in enumerate(keys[4:])}
+    m.update(
+        {
+            "status": "failed" if o.error else "done",
+            "error": o.error,
+            "steps": steps,
+            "final": final,
+            "compile_seconds": o.compile_seconds,
+            "batch_seconds": o.run_seconds,
+            "batch_size": o.batch_size,
+            "run_seconds": o.run_seconds,
+            "seconds_per_step": o.run_seconds / max(1, steps),  # one step of the whole batch
+            "settings": o.job.settings.as_dict(),
+            "weights": o.job.weights_info,
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.local_devices()],
+            "jax_version": jax.__version__,
+        }
+    )
+    if o.image_HxWx3 is not None:
+        m["height"], m["width"] = (int(x) for x in o.image_HxWx3.shape[:2])
+    return m

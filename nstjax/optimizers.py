@@ -1,0 +1,85 @@
+"""Optimizers as optax ``(init, update)`` transformations, in an explicit registry.
+
+Each optimizer turns the gradient into a *descent direction*; the step subtracts
+``lr * direction`` with ``lr`` a dynamic argument, so a learning-rate sweep never
+recompiles. This module holds no compiled loop (that is :mod:`nstjax.optim`), so the
+settings schema can import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nstjax import lbfgs
+from nstjax.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """Static optimizer settings (they shape the compiled program)."""
+
+    name: str = "lbfgs"
+    memory_size: int = 100  # L-BFGS history (neural-style and torch use 100)
+    b1: float = 0.9  # Adam
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.name!r}; use one of {sorted(OPTIMIZERS)}")
+        if self.memory_size < 1:
+            raise UsageError(f"L-BFGS memory size must be >= 1, got {self.memory_size}")
+
+
+def _adam(spec: OptimizerSpec) -> optax.GradientTransformation:
+    return optax.scale_by_adam(b1=spec.b1, b2=spec.b2, eps=spec.eps)
+
+
+def _lbfgs(spec: OptimizerSpec) -> optax.GradientTransformation:
+    # optax's L-BFGS direction (two-loop recursion, scaled initial Hessian; the first
+    # step is capped to unit norm), unrolled (nstjax/lbfgs.py). One loss evaluation per
+    # step and no line search, as in neural-style and pastiche (torch.optim.LBFGS with
+    # max_iter=1).
+    return lbfgs.scale_by_lbfgs(memory_size=spec.memory_size)
+
+
+OPTIMIZERS: dict[str, Callable[[OptimizerSpec], optax.GradientTransformation]] = {
+    "adam": _adam,
+    "lbfgs": _lbfgs,
+}
+DEFAULT_LR = {"adam": 10.0, "lbfgs": 1.0}  # pixel units ([0, 255]) for Adam
+
+
+def transformation(spec: OptimizerSpec) -> optax.GradientTransformation:
+    return OPTIMIZERS[spec.name](spec)
+
+
+def init_state(opt: OptimizerSpec, image_BxHxWx3: jax.Array, key: jax.Array) -> dict:
+    """The optimization state, a plain pytree: ``{image, opt, step, key}``.
+
+    ``key`` is the run's raw PRNG key (``jax.random.PRNGKey(seed)``); each step folds
+    its step number into it, so stochastic terms are reproducible.
+    """
+    image = jnp.asarray(image_BxHxWx3, jnp.float32)
+    state = {
+        "image": image,
+        "opt": transformation(opt).init(image),
+        "step": jnp.int32(0),
+        "key": jnp.asarray(key, jnp.uint32),
+    }
+    # Some optax states alias one zeros buffer in several leaves; donation needs each
+    # leaf to own its buffer.
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+
+
+def init_states(opt: OptimizerSpec, images_RxBxHxWx3: jax.Array, keys_Rx2: jax.Array) -> dict:
+    """:func:`init_state` for a leading runs axis (sharding follows the input's)."""
+    return jax.vmap(lambda im, k: init_state(opt, im, k))(images_RxBxHxWx3, keys_Rx2)
+
+
+init_states_jit = jax.jit(init_states, static_argnums=(0,))

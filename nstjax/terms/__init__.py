@@ -1,0 +1,30 @@
+"""Loss terms: the registry (:mod:`nstjax.terms.registry`) and the built-in kinds.
+
+Importing this package registers the built-in kinds; user code adds its own with
+:func:`register` (re-exported here and as ``nstjax.register_term``).
+"""
+
+from nstjax.terms import gatys as _gatys  # noqa: F401  (registers mse, gram, tv)
+from nstjax.terms.registry import (
+    KINDS,
+    Kind,
+    Term,
+    TermConfig,
+    get,
+    kinds,
+    parse,
+    register,
+    unique_names,
+)
+
+__all__ = [
+    "KINDS",
+    "Kind",
+    "Term",
+    "TermConfig",
+    "get",
+    "kinds",
+    "parse",
+    "register",
+    "unique_names",
+]

@@ -1,0 +1,76 @@
+"""The three terms of Gatys et al. (2016) as registered kinds: ``mse``, ``gram``, ``tv``.
+
+The formulas live in :mod:`nstjax.losses`; this module only registers them.
+"""
+
+from __future__ import annotations
+
+from nstjax import losses
+from nstjax.terms.registry import register
+
+
+def _content_targets(feat_1xHxWxC, out_shape):
+    del out_shape  # the content image is the output's size
+    return feat_1xHxWxC
+
+
+def _content_loss(feat_BxHxWxC, target_1xHxWxC, key):
+    del key
+    return losses.content_layer_loss(feat_BxHxWxC, target_1xHxWxC)
+
+
+def _gram_targets(feat_1xHxWxC, out_shape, norm):
+    """The style image's Gram per position, times the output's positions M.
+
+    A Gram sums over positions, so a style image of M_s positions gives Grams M_s/M
+    times those of an M-position image with the same statistics; rescaling by M/M_s
+    makes style images of any size comparable with the output.
+    """
+    del norm
+    _, h, w, _ = feat_1xHxWxC.shape
+    return losses.gram(feat_1xHxWxC) / (h * w) * (out_shape[0] * out_shape[1])
+
+
+def _gram_blend(targets, weights):
+    """Several style images: the weighted sum of their Grams (as neural-style does)."""
+    total = None
+    for t, w in zip(targets, weights, strict=True):
+        total = t * w if total is None else total + t * w
+    return total
+
+
+def _gram_loss(feat_BxHxWxC, target_1xCxC, key, norm):
+    del key
+    return losses.style_layer_loss(feat_BxHxWxC, target_1xCxC, norm)
+
+
+def _tv_loss(pixels_BxHxWx3, target, key):
+    del target, key
+    return losses.tv_loss(pixels_BxHxWx3)
+
+
+register(
+    "mse",
+    role="content",
+    targets=_content_targets,
+    loss=_content_loss,
+    doc="1/2 sum (F - P)^2 over a layer's positions and channels (Gatys et al. 2016, eq. 1)",
+)
+register(
+    "gram",
+    role="style",
+    targets=_gram_targets,
+    loss=_gram_loss,
+    blend=_gram_blend,
+    options={"norm": "gatys"},
+    check=lambda norm: losses.check_gram_norm(norm),
+    doc="squared Frobenius distance of Gram matrices, normalized by `norm` "
+    "(gatys: 1/(4 N^2 M^2), Gatys et al. 2016, eq. 4; n; hw; chw)",
+)
+register(
+    "tv",
+    role="image",
+    loss=_tv_loss,
+    reads="pixels",
+    doc="total variation: squared differences of neighbouring pixels, pixel units",
+)

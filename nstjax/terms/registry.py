@@ -1,0 +1,218 @@
+"""The registry of loss-term kinds, and term specs parsed from settings.
+
+A **kind** is data plus small pure functions, registered by name with :func:`register`:
+
+* ``role``: which image it compares against and which weight scales it —
+  ``"content"`` (the content image; weight alpha), ``"style"`` (the style images;
+  weight beta) or ``"image"`` (no reference; weight gamma, e.g. total variation);
+* ``targets(feat_1xHxWxC, out_shape, **options) -> pytree``: turns one layer's features
+  of the reference image into that layer's targets, once per run. ``out_shape`` is the
+  output image's feature shape ``(H', W', C)`` at that layer (style images may differ
+  in size from the output). ``None`` for kinds without a reference;
+* ``loss(x, target, key, **options) -> (B,)``: scores one layer of the output batch
+  ``x`` (features ``BxHxWxC``, or the pixels ``BxHxWx3`` for ``reads="pixels"``)
+  against that layer's target; ``key`` is a PRNG key folded with the step, the term
+  and the layer (stochastic kinds use it, others ignore it);
+* ``options``: the kind's static options and their defaults (the allowed names; values
+  are validated to the default's type);
+* ``blend(targets_list, weights) -> targets`` (optional): merges the targets of several
+  style images linearly (e.g. weighted Grams). Kinds without it score each style image
+  separately and the engine blends the losses.
+
+A **term** is one use of a kind in an objective: its kind, layers, options (static:
+they decide the compiled program) and its weight and per-layer weights (dynamic
+numbers). Terms are written as strings, the same in the CLI, configs and the API::
+
+    gram                                  # the kind with defaults
+    gram:norm=chw                         # an option
+    meanstd:weight=10,layers=relu1_1+relu2_1,layer_weights=0.7+0.3,name=bn
+
+``weight``, ``layers``, ``layer_weights`` and ``name`` are reserved; everything else is
+an option of the kind. Unknown kinds and options fail loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from nstjax.errors import UsageError
+
+ROLES = ("content", "style", "image")
+RESERVED = ("weight", "layers", "layer_weights", "name")
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A registered loss-term kind (see the module docstring)."""
+
+    name: str
+    role: str
+    loss: Callable
+    targets: Callable | None = None
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    blend: Callable | None = None
+    reads: str = "features"  # or "pixels"
+    stochastic: bool = False
+    doc: str = ""
+    check: Callable | None = None  # check(**options) raises UsageError on bad values
+
+
+KINDS: dict[str, Kind] = {}
+"""name -> :class:`Kind`. Use :func:`register` to add, :func:`get` to look up."""
+
+
+def register(
+    name: str,
+    *,
+    role: str,
+    loss: Callable,
+    targets: Callable | None = None,
+    options: Mapping[str, Any] | None = None,
+    blend: Callable | None = None,
+    reads: str = "features",
+    stochastic: bool = False,
+    doc: str = "",
+    check: Callable | None = None,
+    replace: bool = False,
+) -> Kind:
+    """Registers a loss-term kind under ``name``; returns it.
+
+    Call it from your own code (e.g. at import of your module); the name is then usable
+    everywhere a term is named: ``nstjax.stylize(..., style_loss=("name",))``, the CLI's
+    ``--style-loss name`` and config sweeps. Re-registering a name raises unless
+    ``replace=True`` (compiled programs are cached by name, so replace only before
+    running anything with the old kind).
+    """
+    if not name or not name.replace("_", "").isalnum():
+        raise UsageError(f"term kind names are letters, digits and '_', got {name!r}")
+    if name in KINDS and not replace:
+        raise UsageError(f"term kind {name!r} is already registered (pass replace=True)")
+    if role not in ROLES:
+        raise UsageError(f"term kind {name!r}: role must be one of {ROLES}, got {role!r}")
+    if reads not in ("features", "pixels"):
+        raise UsageError(f"term kind {name!r}: reads must be 'features' or 'pixels'")
+    if role != "image" and targets is None:
+        raise UsageError(f"term kind {name!r} compares with the {role} image: give targets=")
+    options = dict(options or {})
+    clash = sorted(set(options) & set(RESERVED))
+    if clash:
+        raise UsageError(f"term kind {name!r}: option names {clash} are reserved")
+    kind = Kind(name, role, loss, targets, options, blend, reads, stochastic, doc, check)
+    KINDS[name] = kind
+    return kind
+
+
+def get(name: str) -> Kind:
+    """The kind registered as ``name``; an unknown name is a UsageError listing the known."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UsageError(f"unknown loss term {name!r}; registered: {sorted(KINDS)}") from None
+
+
+def kinds(role: str | None = None) -> tuple[str, ...]:
+    return tuple(sorted(k for k, v in KINDS.items() if role is None or v.role == role))
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One term of an objective: static and hashable (it decides the compiled program)."""
+
+    kind: str
+    name: str
+    layers: tuple[str, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def role(self) -> str:
+        return get(self.kind).role
+
+    def option_dict(self) -> dict:
+        return dict(self.options)
+
+
+@dataclasses.dataclass(frozen=True)
+class TermConfig:
+    """A parsed term string: the static :class:`Term` fields plus its dynamic numbers."""
+
+    kind: str
+    options: tuple[tuple[str, Any], ...] = ()
+    weight: float = 1.0
+    layers: tuple[str, ...] | None = None  # None: the role's default layers
+    layer_weights: tuple[float, ...] | None = None  # None: equal, summing to 1
+    name: str | None = None
+
+
+def _convert(kind: str, key: str, text: str, default):
+    what = f"term {kind!r} option {key!r}"
+    try:
+        if isinstance(default, bool):
+            if text.lower() in ("1", "true", "yes"):
+                return True
+            if text.lower() in ("0", "false", "no"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+    except ValueError:
+        raise UsageError(f"{what} needs a {type(default).__name__}, got {text!r}") from None
+    return text
+
+
+def parse(text: str, defaults: Mapping[str, Any] | None = None) -> TermConfig:
+    """``"kind:key=value,..."`` -> :class:`TermConfig` (see the module docstring).
+
+    ``defaults`` supplies option values that apply when the string does not set them
+    (e.g. the legacy ``gram_norm`` setting for ``gram``), if the kind has that option.
+    """
+    if not isinstance(text, str):
+        raise UsageError(f"a loss term is a string like 'gram:norm=chw', got {text!r}")
+    kind_name, _, rest = text.strip().partition(":")
+    kind = get(kind_name.strip())
+    options = {k: v for k, v in (defaults or {}).items() if k in kind.options}
+    weight, layers, layer_weights, name = 1.0, None, None, None
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key:
+            raise UsageError(f"loss term {text!r}: expected key=value, got {item!r}")
+        if key == "weight":
+            weight = _convert(kind.name, key, value, 1.0)
+            if weight < 0:
+                raise UsageError(f"loss term {text!r}: weight must be >= 0")
+        elif key == "layers":
+            layers = tuple(v for v in value.split("+") if v)
+        elif key == "layer_weights":
+            layer_weights = tuple(_convert(kind.name, key, v, 1.0) for v in value.split("+"))
+        elif key == "name":
+            name = value
+        elif key in kind.options:
+            options[key] = _convert(kind.name, key, value, kind.options[key])
+        else:
+            known = sorted([*kind.options, *RESERVED])
+            raise UsageError(f"loss term {kind.name!r} has no option {key!r}; known: {known}")
+    full = {**kind.options, **options}
+    if kind.check is not None:
+        kind.check(**full)
+    return TermConfig(kind.name, tuple(sorted(full.items())), weight, layers, layer_weights, name)
+
+
+def unique_names(configs: Sequence[TermConfig]) -> list[str]:
+    """Metric names ``role/kind`` (or the given ``name``), made unique with ``#2``, ``#3``."""
+    names, seen = [], {}
+    for c in configs:
+        role = get(c.kind).role
+        base = c.name or (c.kind if role == "image" else f"{role}/{c.kind}")
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"loss term names must be unique, got {names}")
+    return names
