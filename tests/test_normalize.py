@@ -80,6 +80,12 @@ def test_normalized_network_is_the_raw_one_over_the_scales(
         assert err <= 1e-4 * np.abs(expected).max(), (name, err)
 
 
+def test_implied_scales_recover_the_scales(result, real_weights):
+    implied = normalize.implied_scales(real_weights.params, result.params)
+    for name, s in result.scales.items():
+        np.testing.assert_allclose(implied[name], s, rtol=1e-5, err_msg=name)
+
+
 def test_images_dir_is_the_configs_one(monkeypatch):
     from nstjax import configs
 

@@ -215,6 +215,24 @@ def normalize(
     return Normalization(out, scales, image_means, dead)
 
 
+def implied_scales(raw: dict, normalized: dict) -> dict:
+    """The per-filter scales that turn ``raw`` params into ``normalized`` ones.
+
+    For any network normalized this way (ours, or Gatys et al.'s ``vgg_conv.pth`` read
+    with :func:`nstjax.weights.api.read_file`, against the Caffe weights it came
+    from), ``normalized[L].kernel[..., i, o] = raw[L].kernel[..., i, o] * s_prev[i] /
+    s[o]``; each ``s[o]`` is the least-squares fit over the filter's weights, layer
+    after layer. Returns ``{conv layer: (C,) float64}``.
+    """
+    out, s_prev = {}, np.ones(3)
+    for name in vgg.CONV_LAYERS:
+        k_raw = np.asarray(raw[name]["kernel"], np.float64) * s_prev[None, None, :, None]
+        k_norm = np.asarray(normalized[name]["kernel"], np.float64)
+        s = np.sum(k_raw * k_raw, axis=(0, 1, 2)) / np.sum(k_raw * k_norm, axis=(0, 1, 2))
+        out[name] = s_prev = s
+    return out
+
+
 def _percentiles(values: np.ndarray) -> dict:
     if values.size == 0:
         return {"median": None, "p95": None, "max": None}
