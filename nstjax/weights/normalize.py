@@ -363,6 +363,8 @@ def fetch(force: bool = False) -> dict:
         "format": "derived",
         "base_source": BASE_SOURCE,
         "base_npz_sha256": base_record.get("npz_sha256"),
+        "raw_file": f"{api.cache_key(BASE_SOURCE)}.npz",  # what it was computed from
+        "raw_sha256": base_record.get("npz_sha256"),
         "preprocessing": prep.as_dict(),
         "licence": base_record.get("licence"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
