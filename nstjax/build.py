@@ -30,6 +30,7 @@ from nstjax.errors import UsageError
 from nstjax.optimizers import OptimizerSpec
 from nstjax.settings import INITS, Settings, blend_weights
 from nstjax.weights import api as weights_api
+from nstjax.weights.preprocessing import CAFFE
 
 ImageLike = str | os.PathLike | np.ndarray
 
@@ -61,7 +62,8 @@ class Job:
 
     def group_key(self) -> tuple:
         leaves, tree = jax.tree.flatten((self.init_1xHxWx3, self.run))
-        shapes = tuple((np.shape(x), np.result_type(x).name) for x in leaves)
+        shapes = tuple((np.shape(x), np.dtype(getattr(x, "dtype", None) or type(x)).name)
+                       for x in leaves)  # fmt: skip
         return (self.program, self.weights_info.get("sha256"), str(tree), shapes)
 
 
@@ -114,8 +116,22 @@ def objective_for(settings: Settings, preprocessing) -> tuple[objective.Objectiv
                 continue
         kept.append(c)
         ts.append(terms.Term(c.kind, name, tuple(layers), c.options))
-    obj = objective.Objective(tuple(ts), settings.pooling, preprocessing, settings.conv_impl)
+    obj = objective.Objective(
+        tuple(ts),
+        settings.pooling,
+        preprocessing,
+        settings.conv_impl,
+        ceil_mode=ceil_mode(settings.pool_rounding, preprocessing),
+    )
     return obj, kept
+
+
+def ceil_mode(pool_rounding: str, preprocessing) -> bool:
+    """``auto``: Caffe's ceil rounding for Caffe-derived weights (the network Gatys et al.
+    ran: Caffe pools with ceil rounding), floor for the others (torchvision's VGG)."""
+    if pool_rounding == "auto":
+        return preprocessing == CAFFE
+    return pool_rounding == "ceil"
 
 
 def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequence) -> np.ndarray:

@@ -111,7 +111,11 @@ def run_group(
         if prepared is None:  # Winograd kernel transforms, once per group
             vgg_params = jax.device_put(jax.tree.map(jnp.asarray, jobs[0].vgg_params), replicated)
             prepared = vgg.prepare_params_jit(
-                vgg_params, batch[0].init_1xHxWx3.shape, p.objective.layers, p.objective.conv_impl
+                vgg_params,
+                batch[0].init_1xHxWx3.shape,
+                p.objective.layers,
+                p.objective.conv_impl,
+                ceil_mode=p.objective.ceil_mode,
             )
         ctx = {
             "vgg": prepared,

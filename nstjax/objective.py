@@ -44,6 +44,7 @@ class Objective:
     pooling: str = "max"
     preprocessing: Preprocessing = CAFFE
     conv_impl: str = conv.DEFAULT_IMPL
+    ceil_mode: bool = False  # Caffe's pooling of odd-sized maps (see vgg.pool2x2)
 
     def __post_init__(self):
         object.__setattr__(self, "terms", tuple(self.terms))
@@ -84,6 +85,7 @@ def gatys(
     gram_norm: str = "gatys",
     preprocessing: Preprocessing = CAFFE,
     conv_impl: str = conv.DEFAULT_IMPL,
+    ceil_mode: bool = False,
 ) -> Objective:
     """Gatys et al.'s objective: content ``mse``, style ``gram``, ``tv`` (eq. 7)."""
     terms = []
@@ -92,7 +94,7 @@ def gatys(
     if style_layers:
         terms.append(Term("gram", "style/gram", tuple(style_layers), (("norm", gram_norm),)))
     terms.append(Term("tv", "tv"))
-    return Objective(tuple(terms), pooling, preprocessing, conv_impl)
+    return Objective(tuple(terms), pooling, preprocessing, conv_impl, ceil_mode)
 
 
 def layer_weights(values: Sequence[float] | None, layers: Sequence[str], what: str) -> np.ndarray:
@@ -163,6 +165,7 @@ def _features(obj: Objective, vgg_params, pixels_BxHxWx3, layers):
         layers,
         obj.pooling,
         conv_impl=obj.conv_impl,
+        ceil_mode=obj.ceil_mode,
     )
 
 
@@ -173,10 +176,9 @@ def one_off(obj: Objective) -> Objective:
     return dataclasses.replace(obj, conv_impl="xla")
 
 
-def feature_hw(layer: str, hw: tuple[int, int]) -> tuple[int, int]:
+def feature_hw(layer: str, hw: tuple[int, int], ceil_mode: bool = False) -> tuple[int, int]:
     """Spatial size of ``layer``'s output for an image of size ``hw``."""
-    f = 2 ** vgg.downsampling(layer)
-    return hw[0] // f, hw[1] // f
+    return vgg.feature_hw(layer, hw[0], hw[1], ceil_mode)
 
 
 def _reference_targets(obj: Objective, role: str, vgg_params, x_1xHxWx3, out_hw):
@@ -191,7 +193,7 @@ def _reference_targets(obj: Objective, role: str, vgg_params, x_1xHxWx3, out_hw)
         out[i] = {
             layer: kind.targets(
                 feats[layer],
-                (*feature_hw(layer, out_hw), feats[layer].shape[-1]),
+                (*feature_hw(layer, out_hw, obj.ceil_mode), feats[layer].shape[-1]),
                 **t.option_dict(),
             )
             for layer in t.layers

@@ -68,6 +68,13 @@ class Settings:
         None, "weights of the style images, e.g. 0.7,0.3", "floats", BOTH
     )
     pooling: str = _field("avg", "max or avg (the paper's)", "str", choices=vgg.POOLINGS)
+    pool_rounding: str = _field(
+        "auto",
+        "odd-sized maps: ceil (Caffe's, keeps the border), floor, or auto (ceil for "
+        "Caffe-derived weights)",
+        "str",
+        choices=("auto", "ceil", "floor"),
+    )
     gram_norm: str = _field("gatys", "default norm of gram terms: gatys, n, hw, chw", "str")
     init: str = _field("content", "content, noise, style, arbitrary or an image path", "str")
     init_noise: float = _field(64.0, "std of the noise init around mid-grey, pixels", "float")

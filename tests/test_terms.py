@@ -1,0 +1,182 @@
+"""An open objective: a loss term defined here, outside the package, used everywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import nstjax
+from nstjax import build, configs, engine, runner, sweep, terms
+from nstjax.errors import UsageError
+from nstjax.settings import Settings
+
+
+def _meanstd_targets(feat_1xHxWxC, out_shape, p=2.0):
+    del out_shape, p
+    return jnp.stack([feat_1xHxWxC.mean(axis=(0, 1, 2)), feat_1xHxWxC.std(axis=(0, 1, 2))])
+
+
+def _meanstd_loss(feat_BxHxWxC, target_2xC, key, p=2.0):
+    del key
+    mean = feat_BxHxWxC.mean(axis=(1, 2))
+    std = feat_BxHxWxC.std(axis=(1, 2))
+    diff = jnp.abs(mean - target_2xC[0]) ** p + jnp.abs(std - target_2xC[1]) ** p
+    return diff.sum(axis=-1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def user_term():
+    """Registered through the public function, as a researcher's own code would."""
+    kind = nstjax.register_term(
+        "test_meanstd",
+        role="style",
+        targets=_meanstd_targets,
+        loss=_meanstd_loss,
+        options={"p": 2.0},
+        doc="per-channel mean and std (test)",
+    )
+    yield kind
+    terms.KINDS.pop("test_meanstd")
+
+
+SMALL = dict(size=32, steps=6, content_layers=("relu4_2",), conv_impl="xla", chunk_size=3)
+
+
+def test_registry_fails_loudly():
+    with pytest.raises(UsageError, match="unknown loss term 'nope'"):
+        terms.parse("nope")
+    with pytest.raises(UsageError, match="has no option 'q'"):
+        terms.parse("test_meanstd:q=1")
+    with pytest.raises(UsageError, match="needs a float"):
+        terms.parse("test_meanstd:p=big")
+    with pytest.raises(UsageError, match="already registered"):
+        nstjax.register_term("test_meanstd", role="style", targets=_meanstd_targets, loss=abs)
+    with pytest.raises(UsageError, match="a content term"):
+        Settings(style_loss=("mse",))
+    c = terms.parse("test_meanstd:p=1,weight=3,layers=relu1_1+relu2_1,layer_weights=1+2")
+    assert c.options == (("p", 1.0),) and c.weight == 3.0
+    assert c.layers == ("relu1_1", "relu2_1") and c.layer_weights == (1.0, 2.0)
+
+
+def test_stylize_with_the_user_term_lowers_it(images, real_weights):
+    img, m = nstjax.stylize(
+        images / "tubingen.jpg",
+        images / "starry_night.jpg",
+        weights=real_weights,
+        style_loss=("gram", "test_meanstd:weight=100,layers=relu1_1+relu2_1"),
+        **SMALL,
+    )
+    assert img.shape == (24, 32, 3)
+    values = m["terms"]["style/test_meanstd"]
+    assert len(values) == 6 and values[-1] < 0.5 * values[0]
+    # the role sum is the sum of the style terms, the total the sum of all terms
+    np.testing.assert_allclose(
+        m["style_loss"][0], values[0] + m["terms"]["style/gram"][0], rtol=1e-5
+    )
+    final = m["final"]
+    assert final["terms"]["style/test_meanstd"] < values[0]
+    np.testing.assert_allclose(final["loss"], sum(final["terms"].values()), rtol=1e-5)
+
+
+def _config(**settings):
+    config = configs.base_config("runlocal")
+    config.content = configs.image("tubingen.jpg")
+    config.styles = [configs.image("starry_night.jpg")]
+    config.settings.update(dict(SMALL, **settings))
+    return config.lock()
+
+
+def test_sweep_over_the_user_terms_weight_is_one_program(images, tmp_path, cache_env):
+    config = _config(style_loss=("test_meanstd",))
+
+    def sweep_fn(add):
+        for w in (1.0, 10.0):
+            add(style_loss=(f"test_meanstd:weight={w},layers=relu1_1",))
+
+    summary = runner.run(config, tmp_path / "w", sweep_fn, progress=False)
+    assert summary["ran"] == 2 and summary["groups"] == 1 and summary["step_programs"] == 1
+    ms = [json.loads((tmp_path / "w" / "variants" / n / "metrics.json").read_text())
+          for n in ("000", "001")]  # fmt: skip
+    a, b = (m["terms"]["style/test_meanstd"] for m in ms)
+    assert a[-1] < a[0] and b[-1] < b[0]
+    np.testing.assert_allclose(b[0], 10 * a[0], rtol=1e-5)  # weight is a number, not a program
+    csv = (tmp_path / "w" / "variants" / "000" / "losses.csv").read_text().splitlines()
+    assert csv[0] == "step,loss,content_loss,style_loss,tv_loss,content/mse,style/test_meanstd,tv"
+    assert len(csv) == 1 + SMALL["steps"]
+
+
+def test_kinds_and_options_split_groups(images, real_weights):
+    """A kind or an option is static: variants that differ in it never share a program
+    (the hazard of a hand-kept list of static fields)."""
+    variants = [
+        dict(style_loss=("gram",)),
+        dict(style_loss=("gram:norm=chw",)),
+        dict(style_loss=("test_meanstd",)),
+        dict(style_loss=("test_meanstd:p=1",)),
+        dict(style_loss=("gram",), style_weight=5.0),  # a number: joins the first
+        dict(style_loss=("gram:weight=7",)),  # a number too
+        dict(style_loss=("gram",), pooling="max"),
+    ]
+    content, style = str(images / "tubingen.jpg"), str(images / "starry_night.jpg")
+    jobs = [
+        build.build_job(Settings(**SMALL, **v), content, [style], real_weights, tag=i)
+        for i, v in enumerate(variants)
+    ]
+    groups = [[j.tag for j in g] for g in engine.group(jobs)]
+    assert groups == [[0, 4, 5], [1], [2], [3], [6]]
+    config = _config()
+    vs = sweep.expand(config, lambda add: [add(**v) for v in variants])
+    assert [[v.index for v in g] for g in sweep.groups(vs)] == [[0, 4, 5], [1], [2], [3], [6]]
+    # and each group really runs its own loss: chw and gatys norms differ by 4x
+    outs = {i: next(engine.run_group([jobs[i]], 1)) for i in (0, 1)}
+    g0, g1 = (outs[i].history[4 + 1, 0] for i in (0, 1))  # style/gram at step 0
+    assert g0 > 0 and not np.isclose(g0, g1)
+
+
+def test_same_seed_same_bytes(images, real_weights):
+    kw = dict(weights=real_weights, init="noise", seed=3, **SMALL)
+    a, ma = nstjax.stylize(images / "tubingen.jpg", images / "starry_night.jpg", **kw)
+    b, mb = nstjax.stylize(images / "tubingen.jpg", images / "starry_night.jpg", **kw)
+    assert a.tobytes() == b.tobytes() and ma["loss"] == mb["loss"]
+
+
+def test_import_changes_nothing_in_the_process():
+    code = "import os; a = dict(os.environ); import nstjax; assert dict(os.environ) == a"
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
+
+
+def test_setup_applies_the_process_defaults():
+    code = "import os, nstjax; nstjax.setup(); print(os.environ.get('XLA_FLAGS', ''))"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    assert b"ynn_fusion_type=dot" in out.stdout
+
+
+def test_settings_schema_generates_flags_and_config():
+    from nstjax import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["stylize", "--content", "c", "--style", "s", "--output", "o.png",
+         "--style-loss", "gram", "--style-loss", "test_meanstd:weight=2", "--steps", "3"]
+    )  # fmt: skip
+    from nstjax import flags
+
+    s = flags.settings_from_args(args)
+    assert s.style_loss == ("gram", "test_meanstd:weight=2") and s.steps == 3
+    config = configs.settings_config()
+    assert set(config) == {f.name for f in nstjax.settings.fields()}
+    args = parser.parse_args(
+        ["stylize", "--content", "c", "--style", "s", "--output", "o.png",
+         "--method", "arbitrary", "--steps", "3"]
+    )  # fmt: skip
+    with pytest.raises(UsageError, match="--steps is not used by --method arbitrary"):
+        flags.settings_from_args(args)
+    assert isinstance(ml_collections.ConfigDict(config), ml_collections.ConfigDict)
