@@ -3,12 +3,27 @@
 Images travel through nstjax as float32 ``HxWx3`` RGB arrays in [0, 255]
 ("pixel space"); each weight source's preprocessing maps pixel space to the
 network's input space (see :mod:`nstjax.weights.preprocessing`).
+
+Decompression bombs: an image file may declare a size far beyond what it holds (a
+100-byte PNG can declare 30000x30000 pixels, 2.7 GB decoded). :func:`open_rgb` reads
+the size from the file's header and refuses, before decoding anything, an image of
+more than ``NSTJAX_MAX_PIXELS`` pixels (environment variable; default
+:data:`DEFAULT_MAX_PIXELS`, 100 megapixels), with a UsageError that names the limit.
+PIL has a check of its own (a warning above ``PIL.Image.MAX_IMAGE_PIXELS``, about 89
+megapixels, an error above twice that), which would refuse a large image before ours
+could name the limit, or refuse one that ``NSTJAX_MAX_PIXELS`` allows. So, under a
+lock and restored afterwards, PIL's limit is lifted while the header is read and
+raised to ours, if lower, while the image is decoded (some decoders check the size of
+a frame or tile): ``NSTJAX_MAX_PIXELS`` alone decides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +42,47 @@ SAVE_FORMATS = {
     ".webp": "WEBP",
 }
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+MAX_PIXELS_ENV = "NSTJAX_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 100_000_000
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def max_pixels() -> int:
+    """The most pixels an input image may have: ``$NSTJAX_MAX_PIXELS``, else 100 million."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        value = 0.0
+    if not (value >= 1 and value == int(value)):
+        raise UsageError(
+            f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {text!r}"
+        )
+    return int(value)
+
+
+def _too_large(path: Path, width: int, height: int, limit: int) -> UsageError:
+    return UsageError(
+        f"image {str(path)!r} is {width}x{height} ({width * height:,} pixels), more than the "
+        f"limit of {limit:,} pixels; set {MAX_PIXELS_ENV} to raise it"
+    )
+
+
+@contextlib.contextmanager
+def _pil_limit(limit: int | None) -> Iterator[None]:
+    """PIL's own decompression-bomb limit raised to at least ``limit``, or lifted if None
+    (see the module docstring)."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        if saved is not None and (limit is None or saved < limit):
+            Image.MAX_IMAGE_PIXELS = limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -48,15 +104,31 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Opens an image file as 8-bit RGB, EXIF orientation applied."""
+    """Opens an image file as 8-bit RGB, EXIF orientation applied.
+
+    Raises:
+      UsageError: the file is missing, unreadable, or has more pixels than
+        :func:`max_pixels` allows (checked on its header, before decoding).
+    """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"image not found: {str(path)!r}")
+    limit = max_pixels()
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+        with _pil_limit(None):  # ours is checked right after
+            img = Image.open(path)  # reads the header only
+        with img:
+            width, height = img.size
+            if width * height > limit:
+                raise _too_large(path, width, height, limit)
+            with _pil_limit(limit):  # some decoders check a frame's or tile's size
+                img.load()
+            return _to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as e:  # PIL's check on a part (a frame, a tile)
+        raise UsageError(
+            f"cannot read image {str(path)!r}: {e} (the limit is {limit:,} pixels; "
+            f"set {MAX_PIXELS_ENV} to raise it)"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UsageError(f"cannot read image {str(path)!r}: {e}") from None
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+import warnings
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -98,3 +102,57 @@ def test_saved_files_get_the_usual_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def _png_declaring(path, width: int, height: int):
+    """A PNG whose header declares ``width`` x ``height`` 8-bit gray pixels, holding a
+    few rows of zeros (a decompression bomb's header: the file is under 2 KB)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(bytes(width + 1) * 4, 9)  # filter byte + row, 4 rows
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
+    path.write_bytes(png + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+    monkeypatch.delenv("NSTJAX_MAX_PIXELS", raising=False)
+    bomb = _png_declaring(tmp_path / "bomb.png", 30000, 30000)
+    assert bomb.stat().st_size < 2000
+    with pytest.raises(UsageError) as info:
+        image.load(bomb)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "is 30000x30000 (900,000,000 pixels), more than the limit of 100,000,000" in message
+    assert message.endswith("set NSTJAX_MAX_PIXELS to raise it")
+
+
+def test_pixel_limit_from_environment(tmp_path, monkeypatch):
+    path = _save(Image.new("RGB", (20, 10)), tmp_path / "small.png")
+    monkeypatch.setenv("NSTJAX_MAX_PIXELS", "199")
+    with pytest.raises(UsageError, match=r"20x10 \(200 pixels\), more than the limit of 199 "):
+        image.load(path)
+    monkeypatch.setenv("NSTJAX_MAX_PIXELS", "200")
+    assert image.load(path).shape == (10, 20, 3)
+    for bad in ("many", "0", "-5", "1.5"):
+        monkeypatch.setenv("NSTJAX_MAX_PIXELS", bad)
+        with pytest.raises(UsageError, match="NSTJAX_MAX_PIXELS must be a positive whole"):
+            image.load(path)
+
+
+def test_our_limit_decides_over_pils(tmp_path, monkeypatch):
+    # PIL warns above Image.MAX_IMAGE_PIXELS and refuses above twice that; a higher
+    # NSTJAX_MAX_PIXELS still lets the image through, and PIL's setting is restored
+    path = _save(Image.new("RGB", (50, 50), (9, 8, 7)), tmp_path / "p.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setenv("NSTJAX_MAX_PIXELS", "2500")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert image.load(path)[0, 0].tolist() == [9, 8, 7]
+    assert Image.MAX_IMAGE_PIXELS == 100
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)  # outside nstjax, PIL's own limit is untouched
