@@ -104,6 +104,9 @@ def timed(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
 
 
 def main() -> None:
+    import nstjax
+
+    nstjax.setup()  # the CLI's process defaults (XLA flags, malloc)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", help="folder with the two ONNX files")
     parser.add_argument("--sizes", type=int, nargs="+", default=[384, 1024])

@@ -35,20 +35,24 @@ def time_impl(impl: str, size: int, repeats: int) -> tuple[float, float, float]:
 
     from nstjax import objective, vgg
 
-    spec = objective.Spec(
+    spec = objective.gatys(
         content_layers=("relu4_2",),
         style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
         conv_impl=impl,
     )
+    content_layers, style_layers = spec.terms[0].layers, spec.terms[1].layers
     raw = vgg.init_params(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     image = jnp.asarray(rng.uniform(0, 255, (1, size, size, 3)), jnp.float32)
-    feats = objective._features_jit(objective.one_off(spec), raw, image, spec.layers)
+    feats = jax.jit(objective._features, static_argnums=(0, 3))(
+        objective.one_off(spec), raw, image, spec.layers
+    )
     params = vgg.prepare_params_jit(raw, image.shape, spec.layers, impl)
-    targets = {
-        "content": {k: feats[k] * 0.5 for k in spec.content_layers},
-        "style": {k: jnp.eye(feats[k].shape[-1])[None] for k in spec.style_layers},
-    }
+    targets = [
+        {k: feats[k] * 0.5 for k in content_layers},
+        {k: jnp.eye(feats[k].shape[-1])[None] for k in style_layers},
+        None,
+    ]
     weights = objective.make_weights(spec)
 
     def total(pixels):
@@ -68,6 +72,9 @@ def time_impl(impl: str, size: int, repeats: int) -> tuple[float, float, float]:
 
 
 def main(argv=None) -> None:
+    import nstjax
+
+    nstjax.setup()  # the CLI's process defaults (XLA flags, malloc)
     args = parse_args(argv)
     if args.xla_flags is not None and os.environ.get("XLA_FLAGS") != args.xla_flags:
         os.environ["XLA_FLAGS"] = args.xla_flags

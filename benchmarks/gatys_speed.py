@@ -28,6 +28,9 @@ IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
 
 
 def one(size: int, steps: int, warmup: int, optimizer: str, conv_impl: str, loop: str) -> dict:
+    import nstjax
+
+    nstjax.setup()  # the CLI's process defaults (XLA flags, malloc)
     import jax
 
     from nstjax import gatys, image

@@ -26,7 +26,10 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=6)
     args = p.parse_args(argv)
 
-    from nstjax import gatys, image, optim
+    import nstjax
+
+    nstjax.setup()
+    from nstjax import engine, gatys, image
     from nstjax.settings import Settings
 
     content = image.load(IMAGES / "tubingen.jpg", size=(args.size, args.size))
@@ -36,11 +39,11 @@ def main(argv=None) -> None:
         settings = Settings(
             size=args.size, conv_impl=impl, content_layers=("relu4_2",), pooling="max"
         )
-        problem = gatys.prepare(settings, content, [style])
-        state = optim.init_state(problem.opt, problem.init_BxHxWx3)
-        runner = optim.ChunkRunner(problem.spec, problem.opt, 3, "host", state, problem.ctx)
-        state, _ = runner(state, 1, problem.ctx)  # warm-up
-        runs[impl] = {"runner": runner, "state": state, "ctx": problem.ctx, "times": []}
+        runner, state, ctx = engine.single_runner(
+            gatys.prepare(settings, content, [style]), 3, "host"
+        )
+        state, _ = runner(state, 1, ctx)  # warm-up
+        runs[impl] = {"runner": runner, "state": state, "ctx": ctx, "times": []}
     for _ in range(args.rounds):
         for run in runs.values():
             t = time.perf_counter()

@@ -25,6 +25,9 @@ def first_step_below(curve: list[float], level: float) -> int | None:
 
 
 def main() -> None:
+    import nstjax
+
+    nstjax.setup()  # the CLI's process defaults (XLA flags, malloc)
     from nstjax import gatys
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

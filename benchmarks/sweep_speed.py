@@ -61,6 +61,9 @@ def batched(size: int, steps: int, batch_size: int) -> dict:
 
 
 def main() -> None:
+    import nstjax
+
+    nstjax.setup()  # the CLI's process defaults (XLA flags, malloc)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--steps", type=int, default=50)

@@ -196,3 +196,23 @@ def metrics(o: Outcome) -> dict:
     if o.image_HxWx3 is not None:
         m["height"], m["width"] = (int(x) for x in o.image_HxWx3.shape[:2])
     return m
+
+
+def single_runner(job: Job, chunk_size: int | None = None, loop: str | None = None):
+    """(runner, state, ctx) for one job on one device, for benchmarks that time chunks
+    themselves: ``state, records = runner(state, n, ctx)``."""
+    p = job.program
+    obj = p.objective
+    state = optimizers.init_states_jit(
+        p.opt, jnp.asarray(job.init_1xHxWx3[None]), jnp.asarray(job.key[None])
+    )
+    prepared = vgg.prepare_params_jit(
+        jax.tree.map(jnp.asarray, job.vgg_params),
+        job.init_1xHxWx3.shape,
+        obj.layers,
+        obj.conv_impl,
+        ceil_mode=obj.ceil_mode,
+    )
+    ctx = {"vgg": prepared, "runs": jax.tree.map(jnp.asarray, _stack([job.run]))}
+    runner = optim.ChunkRunner(obj, p.opt, chunk_size or p.chunk_size, loop or p.loop, state, ctx)
+    return runner, state, ctx
