@@ -180,3 +180,26 @@ def test_settings_schema_generates_flags_and_config():
     with pytest.raises(UsageError, match="--steps is not used by --method arbitrary"):
         flags.settings_from_args(args)
     assert isinstance(ml_collections.ConfigDict(config), ml_collections.ConfigDict)
+
+
+def test_arbitrary_method_sweeps_batched(tmp_path, cache_env, images):
+    """A config sweep of the fast network: strength x blend, one batched group."""
+    from tests.test_sweep import _module
+
+    grid = _module(str(configs.Path(__file__).resolve().parents[1] / "experiments" /
+                       "arbitrary_grid.py"))  # fmt: skip
+    config = grid.get_config("runlocal")
+    summary = runner.run(config, tmp_path / "g", grid.sweep, progress=False)
+    assert summary["ran"] == 12 and summary["groups"] == 1 and summary["failed"] == 0
+    out = {}
+    for v in sweep.expand(config, grid.sweep):
+        m = json.loads((tmp_path / "g" / "variants" / v.name / "metrics.json").read_text())
+        assert m["method"] == "arbitrary" and m["batch_size"] == 4
+        from PIL import Image
+
+        out[v.name] = np.asarray(Image.open(tmp_path / "g" / "variants" / v.name / "image.png"))
+        assert out[v.name].shape == (24, 32, 3)
+    # strength and blend both change the picture
+    assert np.mean(np.abs(out["000"].astype(float) - out["003"])) > 2
+    assert np.mean(np.abs(out["003"].astype(float) - out["011"])) > 2
+    assert (tmp_path / "g" / "contact_sheet.png").is_file()

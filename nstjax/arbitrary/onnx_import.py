@@ -15,7 +15,7 @@ parity tolerances); ``load_params(..., fake_quant=True)`` also imports them
 :func:`strip_activation_quant` removes them from a graph, giving a float
 reference that our float networks match to float32 rounding.
 
-``onnx`` is only needed here, at conversion time (``pip install 'nstjax[onnx]'``).
+``onnx`` (a dependency of nstjax) is only used here, at conversion time.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from nstjax.arbitrary import nets
 from nstjax.errors import UsageError
 
 NETWORKS = ("predict", "transform")
-_ONNX_MISSING = "importing ONNX weights needs the onnx package: pip install 'nstjax[onnx]'"
+_ONNX_MISSING = "importing ONNX weights needs the onnx package: pip install onnx"
 _STYLE_NORM = {"Conv_1": "gamma", "Conv": "beta"}  # StyleNorm 1x1 convs of the style vector
 _KERNEL_SUFFIXES = ("/depthwise_weights", "/weights")
 
