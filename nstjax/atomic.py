@@ -1,11 +1,21 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+:func:`write_with` writes a temporary file ``.<name>.<random>.tmp`` beside the target,
+fsyncs it, renames it over the target and fsyncs the directory, so that after a crash
+the target holds the old content or the whole new content. A new file gets the usual
+mode (``0o666`` less the umask: the temporary file is created with mode ``0o666`` and
+the kernel applies the umask, so the umask is never read or changed); a replaced file
+keeps its mode.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -26,23 +36,67 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+def _create_temporary(path: Path, parent: Path) -> tuple[int, Path]:
+    """A new file ``.<name>.<random>.tmp`` in ``parent``, mode 0o666 less the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(parent))
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Makes a rename in ``directory`` durable (where directories can be fsynced)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # e.g. Windows, where a directory cannot be opened (nor needs this)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # unsupported
+            raise
+    finally:
+        os.close(fd)
+
+
+def _existing_mode(path: Path) -> int | None:
+    """The permission bits of the regular file at ``path``, or None if there is none."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return stat.S_IMODE(mode) & 0o777 if stat.S_ISREG(mode) else None
+
+
 def write_with(path: str | os.PathLike, writer: Callable[[IO[bytes]], Any]) -> Path:
     """Calls ``writer(file)`` on a temporary file beside ``path``, then renames it.
 
-    On any failure the temporary file is removed and ``path`` is untouched.
+    The file is fsynced before the rename and its directory after it. A new file
+    gets mode ``0o666`` less the umask; an existing one keeps its mode. On any
+    failure before the rename the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = _create_temporary(path, parent)
     except OSError as e:
         raise NstError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             writer(f)
             f.flush()
+            mode = _existing_mode(path)
+            if mode is not None:  # a replaced file keeps its mode
+                if hasattr(os, "fchmod"):
+                    os.fchmod(f.fileno(), mode)
+                else:
+                    os.chmod(tmp, mode)
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -50,13 +104,13 @@ def write_with(path: str | os.PathLike, writer: Callable[[IO[bytes]], Any]) -> P
         if isinstance(e, OSError):
             raise NstError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
         raise
+    try:
+        _fsync_directory(parent)
+    except OSError as e:
+        raise NstError(
+            f"wrote {str(path)!r} but could not sync its directory: {e.strerror or e}"
+        ) from None
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
