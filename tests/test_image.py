@@ -156,3 +156,15 @@ def test_our_limit_decides_over_pils(tmp_path, monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == 100
     with pytest.raises(Image.DecompressionBombError):
         Image.open(path)  # outside nstjax, PIL's own limit is untouched
+
+
+def test_missing_images_fail_the_suite_unless_skipping_is_allowed(tmp_path, monkeypatch):
+    from tests import conftest
+
+    monkeypatch.delenv("NSTJAX_ALLOW_SKIP", raising=False)
+    with pytest.raises(pytest.fail.Exception, match="test images not found .*NSTJAX_ALLOW_SKIP"):
+        conftest.find_images(tmp_path)
+    monkeypatch.setenv("NSTJAX_ALLOW_SKIP", "1")
+    with pytest.raises(pytest.skip.Exception, match="test images not found"):
+        conftest.find_images(tmp_path)
+    assert conftest.find_images() == conftest.IMAGES  # here, they are present

