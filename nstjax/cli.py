@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -180,6 +181,32 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="the compilation cache (see nstjax/process.py)")
+    csub = p.add_subparsers(dest="cache_cmd", required=True, parser_class=_Parser)
+    c = csub.add_parser("clear", help="remove every cached compiled program")
+    c.set_defaults(func=_cmd_cache_clear)
+    i = csub.add_parser("info", help="where the cache is and how large")
+    i.set_defaults(func=_cmd_cache_info)
+
+
+def _cmd_cache_clear(args) -> int:
+    path, size = process.clear_compile_cache()
+    print(f"removed {path} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
+def _cmd_cache_info(args) -> int:
+    path = process.compile_cache_dir()
+    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else []
+    size = sum(f.stat().st_size for f in files)
+    state = (
+        "off (NSTJAX_COMPILE_CACHE=0)" if os.environ.get("NSTJAX_COMPILE_CACHE") == "0" else "on"
+    )
+    print(f"compilation cache {state}: {path}, {len(files)} files, {size / 2**20:.1f} MiB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Neural style transfer in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -187,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_weights(sub)
     _add_demo(sub)
+    _add_cache(sub)
     return parser
 
 

@@ -125,7 +125,7 @@ def run_group(
         if runner is None:
             with monitor.count_compiles() as compiles:
                 runner = optim.ChunkRunner(p.objective, p.opt, p.chunk_size, p.loop, state, ctx)
-            compile_seconds, programs = runner.compile_seconds, compiles.count
+            compile_seconds, programs = runner.compile_seconds, compiles.events
         t0 = time.perf_counter()
         history = np.zeros((size, len(p.objective.record_keys), 0), np.float32)
         for n in chunk_plan(p.steps, p.chunk_size, p.save_every):

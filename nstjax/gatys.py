@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nstjax import atomic, build, engine, image, writers
+from nstjax import atomic, build, engine, image, monitor, writers
 from nstjax.build import ImageLike, Job
 from nstjax.errors import NstError, UsageError
 from nstjax.optim import resolve_loop
@@ -110,37 +110,47 @@ def stylize(
         raise UsageError("--save-every needs --output")
     if tensorboard is not None:
         writers.require_tensorboard()
-    job = prepare(settings, content, styles, weights) if settings.method == "gatys" else None
-    w = writers.MultiWriter(
-        [
-            writers.ProgressWriter(settings.steps) if progress and job and settings.steps else None,
-            writers.JsonWriter(metrics_path) if metrics_path else None,
-            writers.CsvWriter(csv_path) if csv_path else None,
-            writers.TensorBoardWriter(tensorboard) if tensorboard else None,
-            writer,
-        ]
-    )
-    try:
-        if job is None:
-            from nstjax.arbitrary import batch as arbitrary_batch  # noqa: PLC0415
+    with monitor.count_compiles() as compiles:
+        job = prepare(settings, content, styles, weights) if settings.method == "gatys" else None
+        w = writers.MultiWriter(
+            [
+                writers.ProgressWriter(settings.steps)
+                if progress and job and settings.steps
+                else None,
+                writers.JsonWriter(metrics_path) if metrics_path else None,
+                writers.CsvWriter(csv_path) if csv_path else None,
+                writers.TensorBoardWriter(tensorboard) if tensorboard else None,
+                writer,
+            ]
+        )
+        try:
+            if job is None:
+                from nstjax.arbitrary import batch as arbitrary_batch  # noqa: PLC0415
 
-            out_f, m = arbitrary_batch.stylize_one(settings, content, styles)
-        else:
-
-            def on_chunk(step, rec, state):
-                if (
-                    settings.save_every
-                    and step % settings.save_every == 0
-                    and step < settings.steps
-                ):
-                    image.save(intermediate_path(out_path, step), np.asarray(state["image"][0, 0]))
-
-            out_f, m = optimize(job, on_chunk, w)
-        out = image.to_uint8(out_f)
-        if out_path is not None:
-            image.save(out_path, out)
-        m["seconds"] = time.perf_counter() - t_start
-        w.write_summary(m)
-    finally:
-        w.close()
+                out_f, m = arbitrary_batch.stylize_one(settings, content, styles)
+            else:
+                out_f, m = optimize(job, _saver(settings, out_path), w)
+            out = image.to_uint8(out_f)
+            if out_path is not None:
+                image.save(out_path, out)
+            m["seconds"] = time.perf_counter() - t_start
+            m["compiles"] = {  # every program of the run: compiled, or from the cache
+                "compiled": compiles.count,
+                "cache_hits": compiles.cache_hits,
+                "seconds": compiles.seconds,
+            }
+            w.write_summary(m)
+        finally:
+            w.close()
     return out, m
+
+
+def _saver(settings: Settings, out_path: Path | None):
+    """Saves intermediate images every ``settings.save_every`` steps."""
+
+    def on_chunk(step, rec, state):
+        every = settings.save_every
+        if every and step % every == 0 and step < settings.steps:
+            image.save(intermediate_path(out_path, step), np.asarray(state["image"][0, 0]))
+
+    return on_chunk

@@ -8,12 +8,19 @@ import dataclasses
 import jax
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 
 @dataclasses.dataclass
 class Compiles:
-    count: int = 0
+    events: int = 0  # programs the backend produced (compiled, or read from the cache)
     seconds: float = 0.0
+    cache_hits: int = 0  # programs read back from the persistent compilation cache
+
+    @property
+    def count(self) -> int:
+        """Programs really compiled (persistent-cache hits excluded)."""
+        return self.events - self.cache_hits
 
 
 @contextlib.contextmanager
@@ -23,11 +30,17 @@ def count_compiles():
 
     def listener(event: str, duration: float, **kwargs) -> None:
         if event == _COMPILE_EVENT:
-            stats.count += 1
+            stats.events += 1
             stats.seconds += duration
 
+    def hits(event: str, **kwargs) -> None:
+        if event == _CACHE_HIT_EVENT:
+            stats.cache_hits += 1
+
     jax.monitoring.register_event_duration_secs_listener(listener)
+    jax.monitoring.register_event_listener(hits)
     try:
         yield stats
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+        jax.monitoring.unregister_event_listener(hits)

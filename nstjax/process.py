@@ -1,19 +1,63 @@
 """Process-wide settings, applied by the entry points (never at import).
 
-:func:`setup` sets nstjax's default XLA flags (:mod:`nstjax.xla_flags`) and glibc
-malloc options (:mod:`nstjax.malloc`). The ``nstjax`` command, ``python -m
-nstjax.main`` and the benchmarks call it first thing; library users who want the same
-speed call ``nstjax.setup()`` before running any JAX code (the flags only take effect
-before JAX starts its backend, the malloc options before XLA's threads allocate).
+:func:`setup` applies nstjax's defaults:
+
+* XLA flags (:mod:`nstjax.xla_flags`) and glibc malloc options (:mod:`nstjax.malloc`);
+* JAX's persistent compilation cache in ``<nstjax cache>/xla`` (beside the weights;
+  ``$NSTJAX_CACHE``, else ``$XDG_CACHE_HOME/nstjax``, else ``~/.cache/nstjax``), so a
+  second run of the same shapes compiles nothing: the step program, targets, final
+  losses, Winograd kernel transforms and the fast network are all read back.
+  ``NSTJAX_COMPILE_CACHE=0`` turns it off, ``NSTJAX_COMPILE_CACHE=DIR`` moves it;
+  ``nstjax cache clear`` empties it.
+
+The ``nstjax`` command, ``python -m nstjax.main`` and the benchmarks call it first;
+library users who want the same call ``nstjax.setup()`` before running any JAX code
+(the flags only take effect before JAX starts its backend, the malloc options before
+XLA's threads allocate).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 from nstjax import malloc, xla_flags
 
 _DONE: dict = {}
+
+
+def compile_cache_dir(environ=os.environ) -> Path:
+    """``$NSTJAX_COMPILE_CACHE`` if it names a directory, else ``<nstjax cache>/xla``."""
+    value = environ.get("NSTJAX_COMPILE_CACHE", "1")
+    if value not in ("0", "1", ""):
+        return Path(value)
+    from nstjax.weights import cache  # noqa: PLC0415  (reads the environment only)
+
+    return cache.cache_dir() / "xla"
+
+
+def enable_compile_cache(environ=os.environ) -> str | None:
+    """Points JAX's persistent compilation cache at nstjax's cache (every program,
+    however fast it compiled). Returns the directory, or None when turned off."""
+    if environ.get("NSTJAX_COMPILE_CACHE", "1") == "0":
+        return None
+    import jax  # noqa: PLC0415
+
+    path = compile_cache_dir(environ)
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return str(path)
+
+
+def clear_compile_cache(environ=os.environ) -> tuple[str, int]:
+    """Removes the compilation cache; returns (directory, bytes freed)."""
+    path = compile_cache_dir(environ)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+    shutil.rmtree(path, ignore_errors=True)
+    return str(path), size
 
 
 def setup(environ=os.environ) -> dict:
@@ -21,4 +65,5 @@ def setup(environ=os.environ) -> dict:
     if not _DONE:
         _DONE["xla_flags"] = xla_flags.apply(environ)
         _DONE["malloc"] = malloc.apply(environ)
+        _DONE["compile_cache"] = enable_compile_cache(environ)
     return dict(_DONE)
