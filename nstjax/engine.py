@@ -84,13 +84,16 @@ def run_group(
     on_chunk: ChunkCallback | None = None,
     devices: Sequence | None = None,
     stop_on_nonfinite: bool = False,
+    claim: Callable[[Job], bool] | None = None,
 ) -> Iterator[Outcome]:
     """Runs one group; yields an :class:`Outcome` per job as each batch finishes.
 
     ``on_chunk(jobs, step, records_RxKxN, state)`` is called after every chunk with the
     batch's real jobs, the step reached, that chunk's records and the state.
     ``stop_on_nonfinite`` raises :class:`NstError` as soon as a chunk's losses are not
-    finite (single runs); otherwise the job is reported failed (sweeps).
+    finite (single runs); otherwise the job is reported failed (sweeps). ``claim(job)``,
+    asked just before a job joins a batch, may refuse it (another runner has it): the
+    batch is filled with the next jobs instead, and the program still compiles once.
     """
     p = jobs[0].program
     devices = list(devices or jax.local_devices())
@@ -101,8 +104,15 @@ def run_group(
     size = padded_size(len(jobs), batch_size, len(devices))
     runner = prepared = None
     compile_seconds = 0.0
-    for start in range(0, len(jobs), size):
-        batch = jobs[start : start + size]
+    pending = list(jobs)
+    while pending:
+        batch = []
+        while pending and len(batch) < size:
+            job = pending.pop(0)
+            if claim is None or claim(job):
+                batch.append(job)
+        if not batch:
+            break
         real = len(batch)
         batch = batch + [batch[-1]] * (size - real)
         init_R = jax.device_put(np.stack([j.init_1xHxWx3 for j in batch]), runs_sharding)

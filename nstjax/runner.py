@@ -11,9 +11,11 @@ import numpy as np
 
 from nstjax import atomic, build, engine, image, monitor, sweep, writers
 from nstjax.arbitrary import batch as arbitrary_batch
+from nstjax.claims import STALE_AFTER, Claims
 from nstjax.errors import UsageError
 from nstjax.objective import RECORD_KEYS as LOSS_KEYS
 from nstjax.weights import api as weights_api
+from nstjax.weights import cache
 
 
 def _variant_metrics(v: sweep.Variant, m: dict, group: int) -> dict:
@@ -79,7 +81,9 @@ def run(
         writers.require_tensorboard()  # before hours of work, not after
     variants = sweep.expand(config, sweep_fn, arg)
     writer = jax.process_index() == 0
-    sweep.prepare_workdir(workdir, sweep.fingerprint(config, variants), overwrite, writer)
+    claims = Claims(workdir, float(config.get("claim_timeout", STALE_AFTER)))
+    fp = sweep.fingerprint(config, variants, _pins(variants))
+    sweep.prepare_workdir(workdir, fp, overwrite, writer, claims.live_others())
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils  # noqa: PLC0415
 
@@ -88,35 +92,56 @@ def run(
     todo = [v for v in mine if not sweep.is_done(workdir, v)]
     jobs = _build_jobs(todo)
     groups = engine.group(jobs)
+
+    def claim(job) -> bool:  # before a job joins a batch: is it still ours to run?
+        v = job.tag
+        if not claims.try_claim(v.name):
+            return False
+        if sweep.is_done(workdir, v):  # another runner finished it meanwhile
+            claims.release(v.name)
+            return False
+        sweep.remove_temporaries(workdir, v)
+        return True
+
     total = sum(v.settings.steps for v in todo if v.settings.method == "gatys")
     bar = writers.ProgressWriter(total, "sweep") if progress and total else None
-    failed = programs = 0
+    failed = programs = ran = 0
     batch_size = int(config.batch_size)
+    live: dict = {}  # per-variant live writers, opened at a variant's first chunk
     with monitor.count_compiles() as compiles:
         try:
             for gi, group in enumerate(groups):
                 if isinstance(group[0], arbitrary_batch.ArbitraryJob):
-                    n = min(batch_size, len(group))
-                    for job, out, seconds in arbitrary_batch.run_group(group, batch_size):
+                    mine_now = [j for j in group if claim(j)]
+                    n = min(batch_size, len(mine_now))
+                    for job, out, seconds in arbitrary_batch.run_group(mine_now, batch_size):
                         m = arbitrary_batch.metrics(job, seconds, n)
                         _write_variant(workdir, job.tag, out, _variant_metrics(job.tag, m, gi))
+                        claims.release(job.tag.name)
+                        ran += 1
                     continue
-                live = {j.tag.name: _live_writer(workdir, j.tag, config) for j in group}
-                on_chunk = _on_chunk(workdir, live, bar)
-                for outcome in engine.run_group(group, batch_size, on_chunk=on_chunk):
+                on_chunk = _on_chunk(workdir, live, bar, claims, config)
+                for outcome in engine.run_group(group, batch_size, on_chunk=on_chunk, claim=claim):
                     v = outcome.job.tag
-                    live.pop(v.name).close()
+                    if v.name in live:
+                        live.pop(v.name).close()
                     m = _variant_metrics(v, engine.metrics(outcome), gi)
                     _write_variant(workdir, v, outcome.image_HxWx3, m)
+                    claims.release(v.name)
                     programs += outcome.programs
                     failed += m["status"] == "failed"
+                    ran += 1
         finally:
             if bar is not None:
                 bar.close()
+            for w in live.values():
+                w.close()
+            claims.release_all()
     summary = {
         "variants": len(variants),
-        "ran": len(todo),
+        "ran": ran,
         "skipped": len(mine) - len(todo),
+        "by_others": len(todo) - ran,
         "failed": failed,
         "groups": len(groups),
         "compiles": compiles.count,
@@ -126,6 +151,23 @@ def run(
     }
     _report(config, workdir, variants)
     return summary
+
+
+def _pins(variants: list[sweep.Variant]) -> dict:
+    """What else decides the results: each weights setting resolved to a source (or
+    file) and its SHA-256, and every image's SHA-256 (a changed file is a different
+    sweep, whatever its path)."""
+    weights, images = {}, {}
+    for v in variants:
+        s = v.settings
+        if s.method == "gatys":
+            key = f"{s.weights}|{s.weights_format or ''}"
+            if key not in weights:
+                weights[key] = weights_api.pin(s.weights, s.weights_format)
+        for path in (v.content, *v.styles):
+            if path not in images:
+                images[path] = cache.sha256_file(Path(path))
+    return {"weights": weights, "images": images}
 
 
 def _build_jobs(todo: list[sweep.Variant]) -> list:
@@ -159,11 +201,14 @@ def _live_writer(workdir: Path, v: sweep.Variant, config) -> writers.MetricWrite
     )
 
 
-def _on_chunk(workdir: Path, live: dict, bar):
+def _on_chunk(workdir: Path, live: dict, bar, claims: Claims, config):
     def on_chunk(jobs, step, rec_RxKxN, state):
         keys = jobs[0].program.objective.record_keys
         first = step - rec_RxKxN.shape[2]
         for i, job in enumerate(jobs):
+            claims.heartbeat(job.tag.name)
+            if job.tag.name not in live:
+                live[job.tag.name] = _live_writer(workdir, job.tag, config)
             live[job.tag.name].write_steps(first, keys, rec_RxKxN[i])
         if bar is not None:
             bar.runs = len(jobs)

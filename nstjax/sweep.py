@@ -135,21 +135,29 @@ def groups(variants: list[Variant], key: Callable | None = None) -> list[list[Va
 NOT_FINGERPRINTED = ("batch_size", "grid", "tensorboard", "distributed")
 
 
-def fingerprint(config, variants: list[Variant]) -> dict:
-    """What decides the results (config and variants), with its SHA-256."""
+def fingerprint(config, variants: list[Variant], pins: dict | None = None) -> dict:
+    """What decides the results, with its SHA-256: the config, the variants and the
+    ``pins`` (the resolved weights and their SHA-256, each image's SHA-256)."""
     cfg = {k: v for k, v in config.to_dict().items() if k not in NOT_FINGERPRINTED}
     record = {"config": _jsonable(cfg), "variants": [v.record() for v in variants]}
+    if pins is not None:
+        record["pins"] = pins
     text = json.dumps(record, sort_keys=True, default=str)
     return {"sha256": hashlib.sha256(text.encode()).hexdigest(), **record}
 
 
-def prepare_workdir(workdir: Path, fp: dict, overwrite: bool, writer: bool = True) -> None:
+def prepare_workdir(
+    workdir: Path, fp: dict, overwrite: bool, writer: bool = True, others: list | None = None
+) -> None:
     """Creates the workdir, or checks that it holds this same sweep (resume).
 
     Only the ``writer`` (process 0 of a multi-host run) cleans up and writes; the others
-    only check, so that no process removes a file another is writing.
+    only check, so that no process removes a file another is writing. ``others`` are the
+    live claims of other runners (:mod:`nstjax.claims`): an ``--overwrite`` under them is
+    refused, and the workdir's own temporary files are then theirs, not stale.
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    others = others or []
     existing = workdir / "sweep.json"
     if existing.is_file():
         try:
@@ -164,12 +172,27 @@ def prepare_workdir(workdir: Path, fp: dict, overwrite: bool, writer: bool = Tru
                     f"({changed}); pass --overwrite to replace it or use a new "
                     "--workdir"
                 )
+            if others:
+                o = others[0]
+                raise UsageError(
+                    f"workdir {str(workdir)!r} is being run by another runner (pid "
+                    f"{o.get('pid')} on {o.get('host')}, variant {o['variant']}): "
+                    "--overwrite refused; stop it first or use a new --workdir"
+                )
             if writer:
                 shutil.rmtree(workdir / "variants", ignore_errors=True)
-    if writer:
-        for stale in workdir.rglob(".*.tmp"):  # left by a killed run; never a finished file
+    if writer and not others:
+        for stale in workdir.glob(".*.tmp"):  # reports' temporaries left by a killed run
             stale.unlink(missing_ok=True)
+    if writer and _read_sha(existing) != fp["sha256"]:
         atomic.write_json(existing, fp)
+
+
+def _read_sha(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _first_difference(old: dict, new: dict, path: str = "") -> str:
@@ -192,7 +215,29 @@ def variant_dir(workdir: Path, v: Variant) -> Path:
 
 
 def is_done(workdir: Path, v: Variant) -> bool:
-    return (variant_dir(workdir, v) / "metrics.json").is_file()
+    """Finished: its metrics.json parses and belongs to this variant (same settings and
+    images as its config.json and as the sweep's), not merely exists."""
+    d = variant_dir(workdir, v)
+    try:
+        m = json.loads((d / "metrics.json").read_text())
+        c = json.loads((d / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    record = _jsonable(v.record())
+    return (
+        isinstance(m, dict)
+        and m.get("status") in ("done", "failed")
+        and c == record
+        and m.get("settings") == record["settings"]
+        and m.get("content") == v.content
+        and m.get("styles") == list(v.styles)
+    )
+
+
+def remove_temporaries(workdir: Path, v: Variant) -> None:
+    """A claimed variant's temporary files: left by the previous (dead) holder."""
+    for stale in variant_dir(workdir, v).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def mine(variants: list[Variant], process_index: int, process_count: int) -> list[Variant]:

@@ -12,9 +12,16 @@ import os
 import tempfile
 from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
+# The suite runs as an entry point would (XLA flags, malloc), without the persistent
+# compilation cache (tests count compilations; tests/test_compile_cache.py turns it on).
+os.environ.setdefault("NSTJAX_COMPILE_CACHE", "0")
+import nstjax  # noqa: E402
+
+nstjax.setup()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT.parent / "shared" / "images"

@@ -53,7 +53,8 @@ def _metrics(workdir: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def fig2_sharded(tmp_path_factory, weights_cache, images):
-    """Fig. 2 (runlocal) on 4 CPU devices: 3 variants padded to a batch of 4, sharded."""
+    """Fig. 2 (runlocal) on 4 CPU devices: 5 variants in batches of 4 (the second padded),
+    sharded."""
     workdir = tmp_path_factory.mktemp("fig2")
     proc = _run_subprocess(
         ["--config", f"{FIG2}:runlocal", "--workdir", str(workdir), "--noprogress", *TB],
@@ -63,13 +64,13 @@ def fig2_sharded(tmp_path_factory, weights_cache, images):
         },
     )
     assert proc.returncode == 0, proc.stderr
-    assert "3 variants run" in proc.stderr and "1 groups" in proc.stderr
+    assert "5 variants run" in proc.stderr and "1 groups" in proc.stderr
     return workdir
 
 
 def test_fig2_outputs(fig2_sharded):
     m = _metrics(fig2_sharded)
-    assert sorted(m) == ["000", "001", "002"]
+    assert sorted(m) == ["000", "001", "002", "003", "004"]
     for name, metrics in m.items():
         assert metrics["status"] == "done" and metrics["steps"] == 4
         assert len(metrics["devices"]) == 4
@@ -78,24 +79,27 @@ def test_fig2_outputs(fig2_sharded):
     for f in ("summary.csv", "summary.json", "contact_sheet.png", "loss_curves.png"):
         assert (fig2_sharded / f).is_file(), f
     rows = json.loads((fig2_sharded / "summary.json").read_text())
-    assert [r["name"] for r in rows] == ["000", "001", "002"]
+    assert [r["name"] for r in rows] == ["000", "001", "002", "003", "004"]
     assert not list(fig2_sharded.rglob(".*.tmp"))
     if TB:
-        assert len(list((fig2_sharded / "tensorboard").glob("*/events.out.tfevents.*"))) == 3
+        assert len(list((fig2_sharded / "tensorboard").glob("*/events.out.tfevents.*"))) == 5
 
 
-def test_batched_sharded_equals_one_at_a_time(fig2_sharded, real_weights):
+def test_batched_sharded_equals_one_at_a_time(fig2_sharded, cache_env):
     """Tolerance: same math in a different fusion/batching; float32 rounding differs and
     L-BFGS amplifies it a little over 4 steps (measured < 0.1% on the losses)."""
     for name, m in _metrics(fig2_sharded).items():
         settings = Settings.from_mapping(m["settings"])
-        img, single = gatys.stylize(
-            m["content"], m["styles"], settings=settings, weights=real_weights
-        )
-        np.testing.assert_allclose(m["loss"], single["loss"], rtol=1e-2, err_msg=name)
+        img, single = gatys.stylize(m["content"], m["styles"], settings=settings)
+        # Panels E-F (alpha/beta = 1e-4) are style-dominated: over 4 L-BFGS steps at 32 px
+        # the float32 rounding differences between the vmapped and the single program grow
+        # to ~1% of the loss and ~3/255 per pixel; B-D stay within 1% and 1/255.
+        b_to_d = m["settings"]["content_weight"] >= 1e-3
+        rtol, limit = (1e-2, 1.0) if b_to_d else (3e-2, 5.0)
+        np.testing.assert_allclose(m["loss"], single["loss"], rtol=rtol, err_msg=name)
         np.testing.assert_allclose(m["loss"][0], single["loss"][0], rtol=1e-5, err_msg=name)
         batched = np.asarray(Image.open(fig2_sharded / "variants" / name / "image.png"), np.float64)
-        assert np.mean(np.abs(batched - img)) < 1.0, name
+        assert np.mean(np.abs(batched - img)) < limit, name
 
 
 def test_rerun_skips_finished_and_detects_changes(fig2_sharded, weights_cache):
@@ -114,7 +118,7 @@ def test_rerun_skips_finished_and_detects_changes(fig2_sharded, weights_cache):
         {"NSTJAX_CACHE": str(weights_cache)},
     )
     assert proc.returncode == 0, proc.stderr
-    assert "1 variants run, 2 already done" in proc.stderr
+    assert "1 variants run, 4 already done" in proc.stderr
     assert (fig2_sharded / "variants" / "000" / "metrics.json").read_bytes() == before
     assert (fig2_sharded / "variants" / "001" / "metrics.json").is_file()
     # a changed config is refused, in one line, with exit code 2

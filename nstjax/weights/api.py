@@ -131,6 +131,21 @@ def load(spec: str = sources.DEFAULT, fmt: str | None = None) -> Weights:
     raise NstError(f"cannot load weights {spec!r}")
 
 
+def pin(spec: str, fmt: str | None = None) -> dict:
+    """What ``--weights spec`` resolves to now: ``{"source" or "file", "sha256"}`` (a
+    source is fetched if not cached). Sweeps record it, so a resume after ``auto``
+    started meaning another source, or a weights file changed, is refused."""
+    spec = str(spec)
+    if spec in sources.SOURCES or spec == "auto":
+        name = resolve_name(spec)
+        record = fetch(name)
+        return {"source": name, "sha256": record.get("npz_sha256")}
+    path = Path(spec)
+    if not path.is_file():
+        raise UsageError(f"weights file not found: {spec!r}")
+    return {"file": str(path), "format": fmt, "sha256": cache.sha256_file(path)}
+
+
 def info() -> list[dict]:
     """Records of every cached source (for ``nstjax weights info``)."""
     out = []

@@ -1,0 +1,124 @@
+"""Cooperative sweep runners: each variant is claimed before it runs, by one runner only.
+
+Any number of ``nstjax run`` processes may share a workdir (two shells, a SLURM job
+array, several machines on a shared filesystem): each claims variants with an atomic
+claim file ``claims/<variant>.json`` (created with ``O_CREAT | O_EXCL``; it names the
+holder's host, pid and start time), runs them, writes their results and removes the
+claim. A claim whose holder is gone is taken over: on the same host when its process
+no longer exists, on another host when the holder has not touched it (a heartbeat after
+every chunk) for ``stale_after`` seconds. Taking over renames the stale claim away
+first, so of two runners racing for it exactly one wins. Temporary files in a variant's
+directory belong to its claim holder, and only the runner that takes a claim over (or
+makes a fresh claim) removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from nstjax.errors import NstError
+
+STALE_AFTER = 600.0  # seconds without a heartbeat before another host's claim is stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Claims:
+    """The claim files of one workdir, as seen by this process."""
+
+    def __init__(self, workdir: str | Path, stale_after: float = STALE_AFTER):
+        self.dir = Path(workdir) / "claims"
+        self.stale_after = stale_after
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        self.held: set[str] = set()
+
+    def path(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
+
+    def _read(self, path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_stale(self, path: Path) -> bool:
+        """A claim whose holder is gone (or that cannot be read after a grace period)."""
+        holder = self._read(path)
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return False  # released meanwhile
+        if holder is None:  # being written, or garbage: stale once old
+            return age > 5.0
+        if holder.get("host") == self.me["host"]:
+            return holder.get("pid") != self.me["pid"] and not _alive(int(holder.get("pid", -1)))
+        return age > self.stale_after
+
+    def try_claim(self, name: str) -> bool:
+        """Claims variant ``name``; False if another live runner holds it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(name)
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                if not self.is_stale(path):
+                    return False
+                grave = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.stale")
+                try:
+                    os.rename(path, grave)  # exactly one taker wins this rename
+                except FileNotFoundError:
+                    continue
+                grave.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.me, f)
+                f.flush()
+                os.fsync(f.fileno())
+            self.held.add(name)
+            return True
+        return False
+
+    def heartbeat(self, name: str) -> None:
+        if name in self.held:
+            try:
+                os.utime(self.path(name))
+            except FileNotFoundError:
+                raise NstError(
+                    f"the claim of variant {name} was taken over by another runner "
+                    f"(no heartbeat for {self.stale_after:.0f} s?)"
+                ) from None
+
+    def release(self, name: str) -> None:
+        if name in self.held:
+            self.held.discard(name)
+            holder = self._read(self.path(name))
+            if holder == self.me:
+                self.path(name).unlink(missing_ok=True)
+
+    def release_all(self) -> None:
+        for name in list(self.held):
+            self.release(name)
+
+    def live_others(self) -> list[dict]:
+        """Claims held by other runners that are still alive."""
+        if not self.dir.is_dir():
+            return []
+        out = []
+        for path in sorted(self.dir.glob("*.json")):
+            holder = self._read(path)
+            if holder != self.me and not self.is_stale(path):
+                out.append({"variant": path.stem, **(holder or {})})
+        return out
