@@ -1,0 +1,148 @@
+"""Runners sharing a workdir: each variant run exactly once, stale claims taken over,
+changed inputs refused on resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from nstjax.claims import Claims
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 8  # variants of the test sweep: one group, batches of 2
+CONFIG = f"""
+from nstjax import configs as common
+
+
+def get_config(arg=None):
+    config = common.base_config("runlocal")
+    config.settings.style_layers = ("relu1_1", "relu2_1")
+    config.settings.content_layers = ("relu2_2",)
+    config.settings.conv_impl = "xla"
+    config.settings.steps = 3
+    config.settings.chunk_size = 1
+    config.batch_size = 2
+    return config.lock()
+
+
+def sweep(add):
+    for i in range({N}):
+        add(style_weight=10.0 ** (i - 4))
+"""
+
+
+def _cmd(workdir, *extra):
+    config = Path(workdir).parent / "sweep_config.py"
+    config.write_text(CONFIG)
+    return [sys.executable, "-m", "nstjax.main", "--config", str(config),
+            "--workdir", str(workdir), "--noprogress", *extra]  # fmt: skip
+
+
+def _env(weights_cache, **extra):
+    return dict(os.environ, NSTJAX_CACHE=str(weights_cache), **extra)
+
+
+def _runs_per_variant(workdir: Path) -> dict[str, int]:
+    """How often each variant's losses.csv was started (one line per run start)."""
+    out = {}
+    for d in sorted((workdir / "variants").iterdir()):
+        out[d.name] = json.loads((d / "metrics.json").read_text())["status"] == "done"
+    return out
+
+
+def test_two_runners_share_one_sweep(tmp_path, weights_cache, images):
+    workdir = tmp_path / "w"
+    env = _env(weights_cache)
+    procs = [
+        subprocess.Popen(_cmd(workdir), env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    errs = [p.communicate(timeout=900)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    ran = [int(e.split(": ")[1].split(" variants run")[0]) for e in errs]
+    assert sum(ran) == N and min(ran) > 0, errs  # every variant exactly once, both worked
+    assert all(_runs_per_variant(workdir).values()) and len(_runs_per_variant(workdir)) == N
+    for f in ("summary.csv", "contact_sheet.png"):
+        assert (workdir / f).is_file()
+    rows = json.loads((workdir / "summary.json").read_text())
+    assert len(rows) == N
+    assert not list((workdir / "claims").glob("*.json"))
+    assert not list(workdir.rglob(".*.tmp"))
+
+
+def test_killed_runner_claim_is_taken_over_and_changed_image_refused(
+    tmp_path, weights_cache, images
+):
+    content = tmp_path / "content.jpg"
+    shutil.copy(images / "tubingen.jpg", content)
+    workdir = tmp_path / "w"
+    args = _cmd(workdir, f"--config.content={content}")
+    proc = subprocess.Popen(args, env=_env(weights_cache), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((workdir / "variants").glob("*/metrics.json")):
+        time.sleep(0.1)
+    while time.time() < deadline and not list((workdir / "claims").glob("*.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    held = sorted(p.stem for p in (workdir / "claims").glob("*.json"))
+    assert held, "the killed runner held claims"
+    claims = Claims(workdir)
+    assert all(claims.is_stale(claims.path(n)) for n in held)  # its process is gone
+    assert claims.live_others() == []
+    # an image changed between the kill and the resume is refused, in one line
+    Image.open(images / "starry_night.jpg").resize((64, 48)).save(content)
+    bad = subprocess.run(args, env=_env(weights_cache), cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "pins.images" in bad.stderr
+    shutil.copy(images / "tubingen.jpg", content)  # the same bytes again: resumes
+    done = len(list(workdir.glob("variants/*/metrics.json")))
+    ok = subprocess.run(args, env=_env(weights_cache), cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert f"{N - done} variants run, {done} already done" in ok.stderr
+    assert not list((workdir / "claims").glob("*.json"))
+
+
+def test_overwrite_refused_while_another_runner_holds_claims(tmp_path, weights_cache, images):
+    workdir = tmp_path / "w"
+    first = subprocess.run(_cmd(workdir, "--config.settings.steps=1"), env=_env(weights_cache),
+                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    # a live runner (this test process) holds a claim
+    claims = Claims(workdir)
+    assert claims.try_claim("000")
+    again = _cmd(workdir, "--config.settings.steps=2", "--overwrite")
+    proc = subprocess.run(again, env=_env(weights_cache), cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "being run by another runner" in proc.stderr and "--overwrite refused" in proc.stderr
+    claims.release_all()
+    proc = subprocess.run(again, env=_env(weights_cache), cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_live_claims_are_respected_dead_ones_taken_over(tmp_path):
+    claims = Claims(tmp_path)
+    path = claims.path("x")
+    path.parent.mkdir(exist_ok=True)
+    live = {"host": claims.me["host"], "pid": os.getppid(), "started": 0}
+    path.write_text(json.dumps(live))
+    assert not claims.is_stale(path) and not claims.try_claim("x")
+    assert claims.live_others()[0]["variant"] == "x"
+    dead = {"host": claims.me["host"], "pid": 2**22 + 12345, "started": 0}
+    path.write_text(json.dumps(dead))
+    assert claims.is_stale(path)
+    assert claims.try_claim("x") and json.loads(path.read_text()) == claims.me
+    other_host = {"host": "elsewhere", "pid": 1, "started": 0}
+    claims.path("y").write_text(json.dumps(other_host))
+    assert not Claims(tmp_path, stale_after=60).try_claim("y")  # fresh heartbeat
+    os.utime(claims.path("y"), (time.time() - 120, time.time() - 120))
+    assert Claims(tmp_path, stale_after=60).try_claim("y")  # no heartbeat for 2 minutes
