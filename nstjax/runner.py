@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def run(
     t_start = time.perf_counter()
     workdir = Path(workdir)
     if config.get("distributed", False):
-        jax.distributed.initialize()
+        _initialize_distributed()
     if int(config.batch_size) < 1:
         raise UsageError(f"batch_size must be >= 1, got {config.batch_size}")
     if config.get("tensorboard", False):
@@ -149,8 +150,30 @@ def run(
         "compile_seconds": compiles.seconds,
         "seconds": time.perf_counter() - t_start,
     }
-    _report(config, workdir, variants)
+    if jax.process_count() > 1:  # every process's variants are written: one report
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices("nstjax: variants written")
+    if writer:
+        _report(config, workdir, variants)
     return summary
+
+
+def _initialize_distributed(environ=os.environ) -> None:
+    """``jax.distributed.initialize`` from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``
+    and ``JAX_PROCESS_ID`` when set (else JAX's cluster auto-detection: SLURM, Cloud TPU,
+    ...). CPU processes exchange collectives (the workdir barrier) through gloo."""
+    kwargs = {}
+    if environ.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs["coordinator_address"] = environ["JAX_COORDINATOR_ADDRESS"]
+    for key, env in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+        if environ.get(env):
+            try:
+                kwargs[key] = int(environ[env])
+            except ValueError:
+                raise UsageError(f"{env} must be an integer, got {environ[env]!r}") from None
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; else unused
+    jax.distributed.initialize(**kwargs)
 
 
 def _pins(variants: list[sweep.Variant]) -> dict:
