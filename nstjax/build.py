@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nstjax import image, objective, terms
+from nstjax import image, objective, terms, vgg
 from nstjax.errors import UsageError
 from nstjax.optimizers import OptimizerSpec
 from nstjax.settings import INITS, Settings, blend_weights
@@ -152,6 +152,19 @@ def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequenc
     return image.load(Path(settings.init), size=(h, w))
 
 
+def check_size(obj: objective.Objective, hw: tuple[int, int], what: str, side: int) -> None:
+    """Every layer the objective reads must have at least one position."""
+    deepest = max(obj.layers, key=lambda name: vgg.LAYER_INDEX[name])
+    fh, fw = objective.feature_hw(deepest, hw, obj.ceil_mode)
+    if fh < 1 or fw < 1:
+        need = 2 ** vgg.downsampling(deepest)
+        raise UsageError(
+            f"the {what} is {hw[1]}x{hw[0]} pixels (size {side}): too small for layer "
+            f"{deepest}, which needs a short side of at least {need} pixels with floor "
+            "pooling; use a larger --size or --pool-rounding ceil"
+        )
+
+
 def check_init(settings: Settings) -> None:
     if settings.init not in INITS and not Path(settings.init).is_file():
         raise UsageError(
@@ -179,6 +192,9 @@ def build_job(
     style_side = max(1, round(settings.size * settings.style_scale))
     style_imgs = [images.get(s, style_side) for s in styles]
     obj, configs = objective_for(settings, weights.preprocessing)
+    check_size(obj, content_img.shape[:2], "content image", settings.size)
+    for s_img in style_imgs:
+        check_size(obj, s_img.shape[:2], "style image", style_side)
     cacheable = not any(isinstance(x, np.ndarray) for x in (content, *styles))
     names = (str(content), tuple(str(s) for s in styles))
     tkey = (objective.one_off(obj), names, tuple(blend), settings.size, settings.style_scale)

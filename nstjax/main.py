@@ -48,6 +48,8 @@ def _parse(argv: Sequence[str]):
         raise UsageError(" ".join(" ".join(lines).split())) from None
     except (FileNotFoundError, OSError) as e:
         raise UsageError(f"cannot read config: {e}") from None
+    except Exception as e:  # the config file's own error, or an override of no field
+        raise UsageError(_config_error(argv, e)) from None
     if _FLAGS["config"].value is None:
         raise UsageError("--config is required (e.g. --config experiments/default.py)")
     if not _FLAGS.workdir:
@@ -60,8 +62,25 @@ def _parse(argv: Sequence[str]):
     except FileNotFoundError:
         raise UsageError(f"config file not found: {path!r}") from None
     except Exception as e:  # a config file's own error, reported in one line
-        raise UsageError(f"cannot load config {path!r}: {type(e).__name__}: {e}") from None
+        raise UsageError(_config_error(argv, e)) from None
     return _FLAGS
+
+
+def _config_error(argv: Sequence[str], e: Exception) -> str:
+    """One line for an error raised while loading or overriding a config."""
+    if isinstance(e, (AttributeError, KeyError)):  # --config.x.y=... names no field
+        bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        return f"unknown config field in {bad}: {e}"
+    where = ""
+    tb = e.__traceback__
+    while tb is not None:  # the innermost frame in the config file itself
+        if not tb.tb_frame.f_code.co_filename.startswith(str(Path(__file__).parent)):
+            where = f" ({Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    if isinstance(e, SyntaxError):
+        where = f" ({Path(e.filename or '?').name}:{e.lineno})"
+        return f"cannot load config: SyntaxError: {e.msg}{where}"
+    return f"cannot load config: {type(e).__name__}: {e}{where}"
 
 
 def run_from_flags(argv: Sequence[str]) -> int:

@@ -134,8 +134,10 @@ class ChunkRunner:
 
 
 def final_losses(obj: objective.Objective, image_RxBxHxWx3, key_Rx2, ctx) -> jax.Array:
-    """Records at ``image`` (no step), runs x keys, with XLA's convolution."""
+    """Records at the image that is written (no step): ``image`` rounded and clipped to
+    8-bit pixels, as ``nstjax.image.to_uint8`` saves it; runs x keys, XLA's convolution."""
     obj = objective.one_off(obj)
+    image_RxBxHxWx3 = jnp.clip(jnp.round(image_RxBxHxWx3), 0.0, 255.0)
 
     def one(image, key, r):
         total, parts = objective.loss(

@@ -96,6 +96,7 @@ class Settings:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
+            _check_type(f, getattr(self, f.name))
             value = getattr(self, f.name)
             if f.metadata["type"] in ("names", "floats", "terms") and value is not None:
                 if isinstance(value, str):
@@ -180,6 +181,30 @@ def fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(Settings)
 
 
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "opt_float": (int, float),
+          "opt_str": (str,)}  # fmt: skip
+
+
+def _check_type(f: dataclasses.Field, value) -> None:
+    """A value of the field's type (numpy scalars count as numbers), else a UsageError."""
+    kind = f.metadata["type"]
+    if value is None and kind.startswith("opt_") or value is None and kind == "floats":
+        return
+    if kind in _TYPES:
+        ok = isinstance(value, _TYPES[kind]) and not isinstance(value, bool)
+        if not ok and kind != "str" and type(value).__module__ == "numpy":
+            ok = kind != "int" or float(value) == int(value)
+        if not ok:
+            raise UsageError(f"{f.name} must be {kind.removeprefix('opt_')}, got {value!r}")
+        return
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, (tuple, list)):
+        raise UsageError(f"{f.name} must be a list, got {value!r}")
+    want = (int, float) if kind == "floats" else (str,)
+    if any(isinstance(v, bool) or not isinstance(v, want) for v in items):
+        raise UsageError(f"{f.name} must be a list of {want[-1].__name__}s, got {value!r}")
+
+
 def _plain(value):
     if isinstance(value, str) or value is None:
         return value
@@ -199,7 +224,7 @@ def _finite_nonneg(name: str, value) -> None:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise UsageError(f"{name} must be finite numbers >= 0, got {value!r}")
+        raise UsageError(f"{name} must be finite and >= 0, got {value!r}")
 
 
 def blend_weights(blend: Sequence[float] | None, n_styles: int) -> list[float]:

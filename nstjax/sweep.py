@@ -100,6 +100,9 @@ def expand(config, sweep_fn: Callable | None, arg: str | None = None) -> list[Va
             sweep_fn(lambda **kw: calls.append(kw), arg=arg)
         else:
             sweep_fn(lambda **kw: calls.append(kw))
+    if sweep_fn is not None and not calls:
+        raise UsageError("the config's sweep(add) added no variant (delete sweep() to run the "
+                         "config alone)")  # fmt: skip
     if not calls:
         calls = [{}]
     base = config.settings.to_dict()
@@ -110,7 +113,10 @@ def expand(config, sweep_fn: Callable | None, arg: str | None = None) -> list[Va
         unknown = sorted(set(fields) - set(base))
         if unknown:
             raise UsageError(f"sweep variant {i} sets unknown fields {unknown}")
-        settings = Settings.from_mapping({**base, **fields})
+        try:
+            settings = Settings.from_mapping({**base, **fields})
+        except UsageError as e:
+            raise UsageError(f"sweep variant {i}: {e}") from None
         content = str(overrides.get("content", config.content))
         styles = overrides.get("styles", config.styles)
         styles = (styles,) if isinstance(styles, str) else tuple(str(s) for s in styles)
