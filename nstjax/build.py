@@ -223,7 +223,7 @@ def build_job(
     )
     program = Program(
         obj,
-        OptimizerSpec(settings.optimizer, settings.memory_size),
+        OptimizerSpec(settings.optimizer, settings.memory_size, line_search=settings.line_search),
         settings.steps,
         settings.chunk_size,
         settings.save_every,

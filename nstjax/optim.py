@@ -34,7 +34,19 @@ def step(obj: objective.Objective, opt: optimizers.OptimizerSpec, state: dict, c
         return objective.loss(obj, image, ctx["vgg"], ctx["targets"], ctx["weights"], key)
 
     (total, parts), grad = jax.value_and_grad(f, has_aux=True)(state["image"])
-    direction, opt_state = optimizers.transformation(opt).update(grad, state["opt"], state["image"])
+    tx = optimizers.transformation(opt)
+    if opt.line_search:  # optax's zoom line search evaluates the loss itself
+        updates, opt_state = tx.update(
+            grad,
+            state["opt"],
+            state["image"],
+            value=total,
+            grad=grad,
+            value_fn=lambda image: f(image)[0],
+        )
+        direction = -updates
+    else:
+        direction, opt_state = tx.update(grad, state["opt"], state["image"])
     image = state["image"] - ctx["lr"] * direction
     new = {"image": image, "opt": opt_state, "step": state["step"] + 1, "key": state["key"]}
     return new, objective.record(total, parts)

@@ -25,6 +25,7 @@ class OptimizerSpec:
 
     name: str = "lbfgs"
     memory_size: int = 100  # L-BFGS history (neural-style and torch use 100)
+    line_search: int = 0  # L-BFGS: max zoom line-search steps per step (0: none)
     b1: float = 0.9  # Adam
     b2: float = 0.999
     eps: float = 1e-8
@@ -34,6 +35,8 @@ class OptimizerSpec:
             raise UsageError(f"unknown optimizer {self.name!r}; use one of {sorted(OPTIMIZERS)}")
         if self.memory_size < 1:
             raise UsageError(f"L-BFGS memory size must be >= 1, got {self.memory_size}")
+        if self.line_search and self.name != "lbfgs":
+            raise UsageError("--line-search is for --optimizer lbfgs")
 
 
 def _adam(spec: OptimizerSpec) -> optax.GradientTransformation:
@@ -41,10 +44,20 @@ def _adam(spec: OptimizerSpec) -> optax.GradientTransformation:
 
 
 def _lbfgs(spec: OptimizerSpec) -> optax.GradientTransformation:
-    # optax's L-BFGS direction (two-loop recursion, scaled initial Hessian; the first
-    # step is capped to unit norm), unrolled (nstjax/lbfgs.py). One loss evaluation per
-    # step and no line search, as in neural-style and pastiche (torch.optim.LBFGS with
-    # max_iter=1).
+    """L-BFGS. Without a line search: optax's direction (two-loop recursion, scaled
+    initial Hessian, first step capped to unit norm), unrolled, skipping curvature pairs
+    without positive curvature (nstjax/lbfgs.py); one loss evaluation per step, as in
+    neural-style and pastiche (torch.optim.LBFGS with max_iter=1). With
+    ``line_search=n``: optax's ``lbfgs`` with its zoom line search (strong Wolfe
+    conditions, at most n extra evaluations of the loss and gradient per step), whose
+    updates already carry the step size: the negated update is the direction, so the
+    step's ``lr`` should stay 1. Each step then decreases the loss (or stays put)."""
+    if spec.line_search:
+        return optax.lbfgs(
+            learning_rate=None,
+            memory_size=spec.memory_size,
+            linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=spec.line_search),
+        )
     return lbfgs.scale_by_lbfgs(memory_size=spec.memory_size)
 
 

@@ -44,6 +44,12 @@ class Settings:
     lr: float | None = _field(None, "learning rate (default 1 for lbfgs, 10 for adam)",
                               "opt_float")  # fmt: skip
     memory_size: int = _field(100, "L-BFGS history length", "int")
+    line_search: int = _field(
+        0,
+        "L-BFGS: at most N zoom line-search evaluations per step (0: none, as "
+        "neural-style; N>0 gives monotone decrease at up to N extra evaluations)",
+        "int",
+    )
     content_weight: float = _field(1.0, "alpha: weight of the content terms", "float")
     style_weight: float = _field(1e3, "beta: weight of the style terms", "float")
     tv_weight: float = _field(0.0, "gamma: weight of the image terms (TV)", "float")
@@ -116,7 +122,9 @@ class Settings:
             )
         for name in ("size", "chunk_size", "memory_size"):
             _positive_int(name, getattr(self, name))
-        for name in ("steps", "save_every"):
+        if self.line_search and self.optimizer != "lbfgs":
+            raise UsageError("line_search is for optimizer lbfgs")
+        for name in ("steps", "save_every", "line_search"):
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
                 raise UsageError(f"{name} must be an integer >= 0, got {getattr(self, name)}")
         if int(self.seed) != self.seed:

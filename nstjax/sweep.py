@@ -56,7 +56,8 @@ class Variant:
             return ("arbitrary", self.content, s.size)
         obj, _ = build.objective_for(s, CAFFE)
         program = build.Program(
-            obj, OptimizerSpec(s.optimizer, s.memory_size), s.steps, s.chunk_size,
+            obj, OptimizerSpec(s.optimizer, s.memory_size, line_search=s.line_search), s.steps,
+            s.chunk_size,
             s.save_every, s.loop,
         )  # fmt: skip
         return (program, s.weights, s.weights_format, self.content, s.size, s.style_scale,
