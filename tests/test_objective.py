@@ -117,3 +117,141 @@ def test_changing_weights_does_not_retrace(tiny_params):
         for a, b, g in [(1, 1, 0), (2, 1e3, 1), (0.5, 0, 3)]
     ]
     assert len(set(values)) == 3
+
+
+# --- Against the float64 reference: every part of the loss, every option --------------
+
+RELU_CONTENT = ("relu4_2",)
+RELU_STYLE = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+NORMS = ("gatys", "n", "hw", "chw")
+
+
+def _rel(got, ref) -> float:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+@pytest.fixture(scope="module")
+def more_styles(images):
+    """Two style images of other sizes than the 24x32 output: 40x56 and portrait 32x24."""
+    return (
+        image.load(images / "starry_night.jpg", size=(40, 56)),
+        image.load(images / "the_scream.jpg", size=(32, 24)),
+    )
+
+
+def test_tv_loss_of_a_known_image():
+    """A ramp along x and a step along y: TV = 3 * (H * (W-1) * 1^2 + W * 10^2)."""
+    h, w = 6, 8
+    x = np.zeros((h, w, 3)) + np.arange(w)[None, :, None]
+    x[h // 2 :] += 10.0
+    assert numpy_ref.tv_loss(x) == 3 * (h * (w - 1) + w * 100)
+    from nstjax import losses
+
+    got = losses.tv_loss(jnp.asarray(x, jnp.float32)[None])
+    np.testing.assert_allclose(np.asarray(got), [3 * (h * (w - 1) + w * 100)], rtol=1e-6)
+
+
+def test_tv_loss_matches_numpy(small_problem):
+    spec, params, targets, _, x, content, style, np_params = small_problem
+    gamma = 2.5
+    weights = objective.make_weights(spec, alpha=1.0, beta=1e3, gamma=gamma)
+    total, parts = objective.loss(spec, jnp.asarray(x)[None], params, targets, weights)
+    tv = gamma * numpy_ref.tv_loss(x)
+    assert tv > 1e6  # the noisy image is far from smooth: not a trivially small number
+    assert _rel(parts["tv_loss"], tv) < 1e-5
+    assert _rel(parts["terms"][spec.names.index("tv")], tv) < 1e-5
+    assert _rel(total, _ref(np_params, x, content, style) + tv) < 1e-4
+
+
+def test_blended_style_targets_and_loss_match_numpy(small_problem, more_styles):
+    """Two styles blended (w, 1-w): the Gram targets are w G1 + (1-w) G2 (each rescaled
+    to the output's positions), and the loss at a fixed image uses that target."""
+    spec, params, _, _, x, content, style, np_params = small_problem
+    scream = more_styles[1]
+    w = 0.3
+    targets = objective.targets(spec, params, content, [style, scream], [w, 1 - w])
+    ref = {}
+    for k in STYLE:
+        g1 = numpy_ref.style_targets(np_params, [style], [1.0], [k], (24, 32))[k]
+        g2 = numpy_ref.style_targets(np_params, [scream], [1.0], [k], (24, 32))[k]
+        ref[k] = w * g1 + (1 - w) * g2
+        assert _rel(targets[1][k][0], ref[k]) < 1e-5, k
+        assert _rel(ref[k], (1 - w) * g1 + w * g2) > 1e-2, k  # the blend is not symmetric
+    np.testing.assert_allclose(  # the same target from the reference's own blend
+        numpy_ref.style_targets(np_params, [style, scream], [w, 1 - w], ["conv3_1"], (24, 32))[
+            "conv3_1"
+        ],
+        ref["conv3_1"],
+        rtol=1e-12,
+    )
+    weights = objective.make_weights(spec, alpha=1.0, beta=1e3)
+    total, parts = objective.loss(spec, jnp.asarray(x)[None], params, targets, weights)
+    fx = numpy_ref.features(np_params, np.float64(x), list(CONTENT + STYLE))
+    fc = numpy_ref.features(np_params, content, list(CONTENT))
+    lc = numpy_ref.content_loss(fx, fc, CONTENT, [1.0])
+    ls = 1e3 * numpy_ref.style_loss(fx, ref, STYLE, [0.2] * 5)
+    assert _rel(parts["style_loss"], ls) < 1e-4
+    assert _rel(parts["content_loss"], lc) < 1e-4
+    assert _rel(total, lc + ls) < 1e-4
+
+
+def test_style_of_another_size_matches_numpy(small_problem, more_styles):
+    """Content 24x32, style 40x56: each layer's style Gram is rescaled by M_out / M_style
+    (M: that layer's positions, floor pooling) before it is compared with the output's."""
+    spec, params, _, _, x, content, _, np_params = small_problem
+    big = more_styles[0]
+    targets = objective.targets(spec, params, content, [big], [1.0])
+    fs = numpy_ref.features(np_params, np.float64(big), list(STYLE))
+    ref = {}
+    for k in STYLE:
+        m_style = fs[k].shape[0] * fs[k].shape[1]
+        m_out = numpy_ref.positions(k, 24, 32)
+        assert m_out != m_style, k
+        ref[k] = numpy_ref.gram(fs[k]) * m_out / m_style
+        assert _rel(targets[1][k][0], ref[k]) < 1e-5, k
+    weights = objective.make_weights(spec, alpha=1.0, beta=1e3)
+    total, parts = objective.loss(spec, jnp.asarray(x)[None], params, targets, weights)
+    fx = numpy_ref.features(np_params, np.float64(x), list(CONTENT + STYLE))
+    fc = numpy_ref.features(np_params, content, list(CONTENT))
+    ls = 1e3 * numpy_ref.style_loss(fx, ref, STYLE, [0.2] * 5)
+    assert _rel(parts["style_loss"], ls) < 1e-4
+    assert _rel(total, numpy_ref.content_loss(fx, fc, CONTENT, [1.0]) + ls) < 1e-4
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_gram_norms_and_pooling_match_numpy(small_problem, more_styles, real_weights, pooling):
+    """One objective with a gram term per normalization (relu layers, uneven layer and
+    term weights), average or max pooling, a style of another size: every term's value
+    against the float64 reference."""
+    from nstjax.terms.registry import Term
+
+    _, params, _, _, x, content, _, np_params = small_problem
+    big = more_styles[0]
+    terms = [Term("mse", "content/mse", RELU_CONTENT)]
+    terms += [Term("gram", f"style/{n}", RELU_STYLE, (("norm", n),)) for n in NORMS]
+    terms.append(Term("tv", "tv"))
+    spec = objective.Objective(tuple(terms), pooling, real_weights.preprocessing, "xla")
+    layer_w = (0.1, 0.3, 0.2, 0.25, 0.15)
+    term_w = (1.5, 1.0, 0.5, 2.0, 3.0, 1.0)
+    alpha, beta, gamma = 2.0, 1e3, 0.1
+    weights = objective.make_weights(
+        spec, alpha, beta, gamma, style_layer_weights=layer_w, term_weights=term_w
+    )
+    targets = objective.targets(spec, params, content, [big], [1.0])
+    total, parts = objective.loss(spec, jnp.asarray(x)[None], params, targets, weights)
+
+    layers = list(RELU_CONTENT + RELU_STYLE)
+    fx = numpy_ref.features(np_params, np.float64(x), layers, pooling)
+    fc = numpy_ref.features(np_params, content, list(RELU_CONTENT), pooling)
+    ref_t = numpy_ref.style_targets(np_params, [big], [1.0], RELU_STYLE, (24, 32), pooling)
+    ref = [alpha * term_w[0] * numpy_ref.content_loss(fx, fc, RELU_CONTENT, [1.0])]
+    ref += [
+        beta * term_w[1 + i] * numpy_ref.style_loss(fx, ref_t, RELU_STYLE, layer_w, norm)
+        for i, norm in enumerate(NORMS)
+    ]
+    ref.append(gamma * term_w[5] * numpy_ref.tv_loss(x))
+    for name, got, want in zip(spec.names, parts["terms"], ref, strict=True):
+        assert _rel(got, want) < 1e-4, (name, float(got), want)
+    assert _rel(parts["style_loss"], sum(ref[1:5])) < 1e-4
+    assert _rel(total, sum(ref)) < 1e-4
