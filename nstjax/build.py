@@ -122,6 +122,8 @@ def objective_for(settings: Settings, preprocessing) -> tuple[objective.Objectiv
         preprocessing,
         settings.conv_impl,
         ceil_mode=ceil_mode(settings.pool_rounding, preprocessing),
+        regions=len(settings.masks),
+        mask_mode=settings.mask_mode,
     )
     return obj, kept
 
@@ -152,6 +154,32 @@ def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequenc
     return image.load(Path(settings.init), size=(h, w))
 
 
+def _masks(settings: Settings, content_img, style_imgs, masks, style_masks):
+    """Region masks of the content (HxW {0,1}) and each style image's own (or None)."""
+    from nstjax import masks as masks_lib  # noqa: PLC0415
+
+    hw = content_img.shape[:2]
+    if masks is not None:
+        region = [masks_lib.from_array(m, hw) for m in masks]
+    elif settings.masks:
+        region = [masks_lib.load(m, hw) for m in settings.masks]
+    else:
+        return None, None
+    given = list(style_masks) if style_masks is not None else list(settings.style_masks)
+    if given and len(given) != len(style_imgs):
+        raise UsageError(f"got {len(given)} style masks for {len(style_imgs)} style images "
+                         "(use '-' for a style image without one)")  # fmt: skip
+    style_region = []
+    for img, m in zip(style_imgs, given or [None] * len(style_imgs), strict=True):
+        if m is None or (isinstance(m, str) and m in ("", "-")):
+            style_region.append(None)
+        elif isinstance(m, str):
+            style_region.append(masks_lib.load(m, img.shape[:2]))
+        else:
+            style_region.append(masks_lib.from_array(m, img.shape[:2]))
+    return region, style_region
+
+
 def check_size(obj: objective.Objective, hw: tuple[int, int], what: str, side: int) -> None:
     """Every layer the objective reads must have at least one position."""
     deepest = max(obj.layers, key=lambda name: vgg.LAYER_INDEX[name])
@@ -180,9 +208,13 @@ def build_job(
     images: ImageCache | None = None,
     caches: dict | None = None,
     tag: Any = None,
+    masks: Sequence | None = None,
+    style_masks: Sequence | None = None,
 ) -> Job:
     """Loads images, computes targets (once per distinct images and objective), the
-    initial image and the loss weights. ``caches`` (a dict) shares work across jobs."""
+    initial image and the loss weights. ``caches`` (a dict) shares work across jobs.
+    ``masks`` / ``style_masks`` (HxW arrays) replace ``settings.masks`` /
+    ``settings.style_masks`` (file names) for spatial control from Python."""
     check_init(settings)
     images = images or ImageCache()
     caches = {} if caches is None else caches
@@ -195,12 +227,20 @@ def build_job(
     check_size(obj, content_img.shape[:2], "content image", settings.size)
     for s_img in style_imgs:
         check_size(obj, s_img.shape[:2], "style image", style_side)
-    cacheable = not any(isinstance(x, np.ndarray) for x in (content, *styles))
+    region, style_region = _masks(settings, content_img, style_imgs, masks, style_masks)
+    if region is not None and len(region) != len(styles):
+        raise UsageError(f"spatial control pairs style image r with mask r: got "
+                         f"{len(styles)} style images and {len(region)} masks")  # fmt: skip
+    cacheable = masks is None and style_masks is None
+    cacheable = cacheable and not any(isinstance(x, np.ndarray) for x in (content, *styles))
     names = (str(content), tuple(str(s) for s in styles))
-    tkey = (objective.one_off(obj), names, tuple(blend), settings.size, settings.style_scale)
+    tkey = (objective.one_off(obj), names, tuple(blend), settings.size, settings.style_scale,
+            settings.masks, settings.style_masks)  # fmt: skip
     targets = caches.get(("targets", tkey)) if cacheable else None
     if targets is None:
-        targets = objective.targets(obj, weights.params, content_img, style_imgs, blend)
+        targets = objective.targets(
+            obj, weights.params, content_img, style_imgs, blend, region, style_region
+        )
         if cacheable:
             caches[("targets", tkey)] = targets
     ikey = ("init", settings.init, settings.seed, settings.init_noise, names, tuple(blend),

@@ -40,7 +40,7 @@ _PARSERS = {
 
 
 def flag_name(field: dataclasses.Field) -> str:
-    return "--" + field.name.replace("_", "-")
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +56,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             "default": argparse.SUPPRESS,
             "help": f"{meta['help']}{methods} [{shown}]",
         }
-        if meta["type"] == "terms":
+        if meta["type"] in ("terms", "paths"):
             kwargs["action"] = "append"
-            kwargs["metavar"] = "TERM"
+            kwargs["metavar"] = "TERM" if meta["type"] == "terms" else "PATH"
         else:
             kwargs["type"] = _PARSERS[meta["type"]]
         if meta["choices"]:  # validated by Settings, with its own message

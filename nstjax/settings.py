@@ -24,10 +24,11 @@ LOOPS = ("auto", "device", "host")
 BOTH, GATYS, ARBITRARY = METHODS, ("gatys",), ("arbitrary",)
 
 
-def _field(default, help: str, type: str, methods=GATYS, choices=None):  # noqa: A002
+def _field(default, help: str, type: str, methods=GATYS, choices=None, flag=None):  # noqa: A002
     """A settings field. ``type``: int, float, str, opt_float, opt_str, names, floats
-    (comma-separated, optional) or terms (repeatable term strings)."""
-    meta = {"help": help, "type": type, "methods": methods, "choices": choices}
+    (comma-separated, optional), terms or paths (repeatable strings). ``flag``: the
+    command-line name if not ``--field-name``."""
+    meta = {"help": help, "type": type, "methods": methods, "choices": choices, "flag": flag}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -70,6 +71,26 @@ class Settings:
         ("gram",), "style term, e.g. gram:norm=chw,weight=2 (repeat to combine)", "terms"
     )
     image_loss: tuple[str, ...] = _field(("tv",), "image terms (weight tv_weight)", "terms")
+    masks: tuple[str, ...] = _field(
+        (),
+        "spatial control: a region mask of the content (greyscale file, >= 128 inside; "
+        "!PATH for its complement), one per style image, in order (repeat)",
+        "paths",
+        flag="--mask",
+    )
+    style_masks: tuple[str, ...] = _field(
+        (),
+        "spatial control: each style image's own region mask ('-': the whole image), "
+        "in order (repeat)",
+        "paths",
+        flag="--style-mask",
+    )
+    mask_mode: str = _field(
+        "inside",
+        "how masks follow the network: inside (eroded) or mean (averaged)",
+        "str",
+        choices=("inside", "mean"),
+    )
     style_blend: tuple[float, ...] | None = _field(
         None, "weights of the style images, e.g. 0.7,0.3", "floats", BOTH
     )
@@ -104,9 +125,11 @@ class Settings:
         for f in dataclasses.fields(self):
             _check_type(f, getattr(self, f.name))
             value = getattr(self, f.name)
-            if f.metadata["type"] in ("names", "floats", "terms") and value is not None:
+            if f.metadata["type"] in ("names", "floats", "terms", "paths") and value is not None:
                 if isinstance(value, str):
-                    value = (value,) if f.metadata["type"] == "terms" else value.split(",")
+                    value = (
+                        (value,) if f.metadata["type"] in ("terms", "paths") else value.split(",")
+                    )
                 object.__setattr__(self, f.name, tuple(value))
             choices = f.metadata["choices"]
             if choices and getattr(self, f.name) not in choices:
@@ -209,6 +232,8 @@ def _check_type(f: dataclasses.Field, value) -> None:
     if not isinstance(items, (tuple, list)):
         raise UsageError(f"{f.name} must be a list, got {value!r}")
     want = (int, float) if kind == "floats" else (str,)
+    if kind == "floats" and value is None:
+        return
     if any(isinstance(v, bool) or not isinstance(v, want) for v in items):
         raise UsageError(f"{f.name} must be a list of {want[-1].__name__}s, got {value!r}")
 

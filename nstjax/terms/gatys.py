@@ -5,6 +5,8 @@ The formulas live in :mod:`nstjax.losses`; this module only registers them.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from nstjax import losses
 from nstjax.terms.registry import register
 
@@ -44,6 +46,26 @@ def _gram_loss(feat_BxHxWxC, target_1xCxC, key, norm):
     return losses.style_layer_loss(feat_BxHxWxC, target_1xCxC, norm)
 
 
+def _gram_masked_targets(feat_1xHxWxC, mask_HxW, out_shape, norm):
+    """Guided Gram of a style image (Gatys et al. 2017, eq. 4-5): the Gram of the
+    mask-weighted features, per unit of mask area (the region's "mean" Gram)."""
+    del out_shape, norm
+    w_HxW = jnp.square(mask_HxW)
+    g = jnp.einsum("bhwc,hw,bhwd->bcd", feat_1xHxWxC, w_HxW, feat_1xHxWxC)
+    return g / jnp.maximum(jnp.sum(w_HxW), 1e-8)
+
+
+def _gram_masked_loss(feat_BxHxWxC, target_1xCxC, mask_HxW, key, norm):
+    """The guided Gram of the output's region against the style's, both at the region's
+    area M_r (so an all-ones mask gives exactly the unguided loss)."""
+    del key
+    w_HxW = jnp.square(mask_HxW)
+    area = jnp.maximum(jnp.sum(w_HxW), 1e-8)
+    g = jnp.einsum("bhwc,hw,bhwd->bcd", feat_BxHxWxC, w_HxW, feat_BxHxWxC)
+    sq_B = jnp.sum(jnp.square(g - target_1xCxC * area), axis=(1, 2))
+    return losses.GRAM_NORMS[norm](sq_B, float(feat_BxHxWxC.shape[-1]), area)
+
+
 def _tv_loss(pixels_BxHxWx3, target, key):
     del target, key
     return losses.tv_loss(pixels_BxHxWx3)
@@ -64,6 +86,8 @@ register(
     blend=_gram_blend,
     options={"norm": "gatys"},
     check=lambda norm: losses.check_gram_norm(norm),
+    masked_targets=_gram_masked_targets,
+    masked_loss=_gram_masked_loss,
     doc="squared Frobenius distance of Gram matrices, normalized by `norm` "
     "(gatys: 1/(4 N^2 M^2), Gatys et al. 2016, eq. 4; n; hw; chw)",
 )

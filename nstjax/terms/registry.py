@@ -17,7 +17,10 @@ A **kind** is data plus small pure functions, registered by name with :func:`reg
   are validated to the default's type);
 * ``blend(targets_list, weights) -> targets`` (optional): merges the targets of several
   style images linearly (e.g. weighted Grams). Kinds without it score each style image
-  separately and the engine blends the losses.
+  separately and the engine blends the losses;
+* ``masked_targets`` / ``masked_loss`` (optional): the same with per-position weights
+  (a region mask at the layer's resolution), for spatial control: style image r is
+  matched inside region r of the output. Kinds without them refuse masks.
 
 A **term** is one use of a kind in an objective: its kind, layers, options (static:
 they decide the compiled program) and its weight and per-layer weights (dynamic
@@ -58,6 +61,9 @@ class Kind:
     stochastic: bool = False
     doc: str = ""
     check: Callable | None = None  # check(**options) raises UsageError on bad values
+    # Spatial control (per-position weights; Gatys et al. 2017): optional.
+    masked_targets: Callable | None = None  # (feat_1xHxWxC, mask_HxW, out_shape, **o)
+    masked_loss: Callable | None = None  # (feat_BxHxWxC, target, mask_HxW, key, **o) -> (B,)
 
 
 KINDS: dict[str, Kind] = {}
@@ -76,6 +82,8 @@ def register(
     stochastic: bool = False,
     doc: str = "",
     check: Callable | None = None,
+    masked_targets: Callable | None = None,
+    masked_loss: Callable | None = None,
     replace: bool = False,
 ) -> Kind:
     """Registers a loss-term kind under ``name``; returns it.
@@ -100,7 +108,10 @@ def register(
     clash = sorted(set(options) & set(RESERVED))
     if clash:
         raise UsageError(f"term kind {name!r}: option names {clash} are reserved")
-    kind = Kind(name, role, loss, targets, options, blend, reads, stochastic, doc, check)
+    kind = Kind(
+        name, role, loss, targets, options, blend, reads, stochastic, doc, check,
+        masked_targets, masked_loss,
+    )  # fmt: skip
     KINDS[name] = kind
     return kind
 
