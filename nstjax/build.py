@@ -59,6 +59,16 @@ class Job:
     weights_info: dict
     vgg_params: dict  # the raw VGG19 params (shared by the group; not part of the key)
     tag: Any = None
+    content_rgb: np.ndarray | None = None  # luminance-only transfer: for its I and Q
+
+    def finish(self, image_HxWxC: np.ndarray) -> np.ndarray:
+        """The optimized image as RGB pixels (luminance-only: recombined with the
+        content's I and Q channels, Gatys et al. 2017 Sec. 5)."""
+        if self.content_rgb is None:
+            return image_HxWxC
+        from nstjax import color  # noqa: PLC0415
+
+        return color.recombine(np.asarray(image_HxWxC), self.content_rgb)
 
     def group_key(self) -> tuple:
         leaves, tree = jax.tree.flatten((self.init_1xHxWx3, self.run))
@@ -154,6 +164,29 @@ def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequenc
     return image.load(Path(settings.init), size=(h, w))
 
 
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    from nstjax import color  # noqa: PLC0415
+
+    return color.rgb_to_yiq(rgb)[..., :1].astype(np.float32)
+
+
+def _color(settings: Settings, content_img, style_imgs):
+    """Colour control (Gatys et al. 2017, Sec. 5). ``histogram``: each style image
+    recoloured to the content's colour mean and covariance. ``luminance``: content and
+    styles become grey (Y, Y, Y) images of their luminance, the styles' matched to the
+    content's mean and std; returns the content's RGB for the final recombination."""
+    from nstjax import color  # noqa: PLC0415
+
+    if settings.preserve_color == "histogram":
+        styles = [
+            color.match_histogram(s, content_img, settings.color_transfer) for s in style_imgs
+        ]
+        return content_img, styles, None
+    content_y, styles_y = color.luminance_inputs(content_img, style_imgs)
+    grey = [np.repeat(y, 3, axis=-1).astype(np.float32) for y in (content_y, *styles_y)]
+    return grey[0], grey[1:], np.asarray(content_img, np.float32)
+
+
 def _masks(settings: Settings, content_img, style_imgs, masks, style_masks):
     """Region masks of the content (HxW {0,1}) and each style image's own (or None)."""
     from nstjax import masks as masks_lib  # noqa: PLC0415
@@ -223,6 +256,9 @@ def build_job(
     content_img = images.get(content, settings.size)
     style_side = max(1, round(settings.size * settings.style_scale))
     style_imgs = [images.get(s, style_side) for s in styles]
+    content_rgb = None
+    if settings.preserve_color != "none":
+        content_img, style_imgs, content_rgb = _color(settings, content_img, style_imgs)
     obj, configs = objective_for(settings, weights.preprocessing)
     check_size(obj, content_img.shape[:2], "content image", settings.size)
     for s_img in style_imgs:
@@ -235,7 +271,8 @@ def build_job(
     cacheable = cacheable and not any(isinstance(x, np.ndarray) for x in (content, *styles))
     names = (str(content), tuple(str(s) for s in styles))
     tkey = (objective.one_off(obj), names, tuple(blend), settings.size, settings.style_scale,
-            settings.masks, settings.style_masks)  # fmt: skip
+            settings.masks, settings.style_masks, settings.preserve_color,
+            settings.color_transfer)  # fmt: skip
     targets = caches.get(("targets", tkey)) if cacheable else None
     if targets is None:
         targets = objective.targets(
@@ -244,10 +281,12 @@ def build_job(
         if cacheable:
             caches[("targets", tkey)] = targets
     ikey = ("init", settings.init, settings.seed, settings.init_noise, names, tuple(blend),
-            settings.size, settings.style_scale)  # fmt: skip
+            settings.size, settings.style_scale, settings.preserve_color)  # fmt: skip
     init = caches.get(ikey) if cacheable else None
     if init is None:
         init = initial_image(settings, content_img, style_imgs)
+        if content_rgb is not None:  # luminance-only: optimize one channel
+            init = init[..., :1] if settings.init != "arbitrary" else _luma(init)
         if cacheable:
             caches[ikey] = init
     loss_weights = objective.make_weights(
@@ -271,4 +310,6 @@ def build_job(
     )
     run = {"targets": targets, "weights": loss_weights, "lr": np.float32(settings.resolved_lr)}
     key = np.asarray(jax.random.PRNGKey(settings.seed), np.uint32)
-    return Job(program, init[None], run, key, settings, weights.info, weights.params, tag)
+    return Job(
+        program, init[None], run, key, settings, weights.info, weights.params, tag, content_rgb
+    )

@@ -60,7 +60,7 @@ def optimize(
         raise NstError(f"{outcome.error}; try a smaller --lr")
     m = engine.metrics(outcome)
     m["loop"] = resolve_loop(job.program.loop)
-    return outcome.image_HxWx3, m
+    return job.finish(outcome.image_HxWx3), m
 
 
 def intermediate_path(output: Path, step: int) -> Path:
@@ -129,7 +129,7 @@ def stylize(
 
                 out_f, m = arbitrary_batch.stylize_one(settings, content, styles)
             else:
-                out_f, m = optimize(job, _saver(settings, out_path), w)
+                out_f, m = optimize(job, _saver(job, out_path), w)
             out = image.to_uint8(out_f)
             if out_path is not None:
                 image.save(out_path, out)
@@ -145,12 +145,14 @@ def stylize(
     return out, m
 
 
-def _saver(settings: Settings, out_path: Path | None):
+def _saver(job: Job, out_path: Path | None):
     """Saves intermediate images every ``settings.save_every`` steps."""
+    settings = job.settings
 
     def on_chunk(step, rec, state):
         every = settings.save_every
         if every and step % every == 0 and step < settings.steps:
-            image.save(intermediate_path(out_path, step), np.asarray(state["image"][0, 0]))
+            img = job.finish(np.asarray(state["image"][0, 0]))
+            image.save(intermediate_path(out_path, step), img)
 
     return on_chunk

@@ -321,6 +321,8 @@ def loss(obj: Objective, pixels_BxHxWx3, vgg_params, targets, weights, key=None)
     """
     if key is None:
         key = jax.random.PRNGKey(0)
+    if pixels_BxHxWx3.shape[-1] == 1:  # luminance-only transfer: grey (Y, Y, Y) for VGG
+        pixels_BxHxWx3 = jnp.broadcast_to(pixels_BxHxWx3, (*pixels_BxHxWx3.shape[:-1], 3))
     feats = _features(obj, vgg_params, pixels_BxHxWx3, obj.layers)
     sums = {"content": jnp.float32(0.0), "style": jnp.float32(0.0), "image": jnp.float32(0.0)}
     values = []

@@ -127,7 +127,12 @@ def run(
                     if v.name in live:
                         live.pop(v.name).close()
                     m = _variant_metrics(v, engine.metrics(outcome), gi)
-                    _write_variant(workdir, v, outcome.image_HxWx3, m)
+                    img = (
+                        None
+                        if outcome.image_HxWx3 is None
+                        else outcome.job.finish(outcome.image_HxWx3)
+                    )
+                    _write_variant(workdir, v, img, m)
                     claims.release(v.name)
                     programs += outcome.programs
                     failed += m["status"] == "failed"
@@ -240,7 +245,8 @@ def _on_chunk(workdir: Path, live: dict, bar, claims: Claims, config):
         if s.save_every and step % s.save_every == 0 and step < s.steps:
             imgs = np.asarray(state["image"])[:, 0]
             for i, job in enumerate(jobs):
-                image.save(sweep.variant_dir(workdir, job.tag) / f"step_{step:05d}.png", imgs[i])
+                path = sweep.variant_dir(workdir, job.tag) / f"step_{step:05d}.png"
+                image.save(path, job.finish(imgs[i]))
 
     return on_chunk
 

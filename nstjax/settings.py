@@ -91,6 +91,19 @@ class Settings:
         "str",
         choices=("inside", "mean"),
     )
+    preserve_color: str = _field(
+        "none",
+        "colour control (Gatys et al. 2017): none, luminance (luminance-only "
+        "transfer) or histogram (the style recoloured to the content's colour statistics)",
+        "str",
+        choices=("none", "luminance", "histogram"),
+    )
+    color_transfer: str = _field(
+        "cholesky",
+        "histogram matching's square root: cholesky, sym or pca",
+        "str",
+        choices=("cholesky", "sym", "pca"),
+    )
     style_blend: tuple[float, ...] | None = _field(
         None, "weights of the style images, e.g. 0.7,0.3", "floats", BOTH
     )
