@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from nstjax import gatys, image, monitor
 from nstjax.settings import Settings
+from tests import numpy_ref
 
 SMALL = dict(size=32, steps=8, chunk_size=4)
 
@@ -80,19 +82,105 @@ def test_device_loop_matches_host_loop(pair, real_weights):
     assert np.mean(np.abs(a.astype(int) - b.astype(int))) < 2.0
 
 
-@pytest.mark.parametrize("init", ["noise", "style", "file"])
-def test_inits(pair, real_weights, init, tmp_path):
-    if init == "file":
-        path = tmp_path / "init.png"
-        image.save(path, np.full((10, 10, 3), 200.0))
-        init = str(path)
-    img, m = gatys.stylize(*pair, weights=real_weights, init=init, size=32, steps=2)
-    assert img.shape == (24, 32, 3)
-    if init.endswith(".png"):  # the first loss is evaluated at the init image itself
-        assert (
-            m["loss"][0]
-            != gatys.stylize(*pair, weights=real_weights, size=32, steps=2)[1]["loss"][0]
+def test_noise_init_is_the_documented_noise(pair, real_weights):
+    """``init="noise"``: 127.5 + init_noise * N(0, 1) from the seed's key folded with 0;
+    ``steps=0`` returns exactly that image, rounded to uint8."""
+    kw = dict(weights=real_weights, size=32, steps=0, init="noise", init_noise=20.0)
+    a, _ = gatys.stylize(*pair, seed=5, **kw)
+    b, _ = gatys.stylize(*pair, seed=6, **kw)
+    key = jax.random.fold_in(jax.random.key(5), 0)
+    noise = np.asarray(jax.random.normal(key, (24, 32, 3)), np.float32)
+    expected = np.clip(np.rint(np.float32(127.5) + np.float32(20.0) * noise), 0, 255)
+    np.testing.assert_array_equal(a, expected.astype(np.uint8))
+    # the statistics the docs promise (2304 samples: mean +- 0.42, std +- 0.3 at 1 sigma)
+    assert abs(a.mean() - 127.5) < 2.0
+    assert 18.5 < a.std() < 21.5
+    # another seed: independent noise (E|a - b| = 20 * 2 / sqrt(pi) = 22.6)
+    diff = np.abs(a.astype(np.float64) - b)
+    assert diff.mean() > 15 and abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.1
+
+
+def _pil_resize(arr_HxWx3: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Per-channel float Lanczos resize, written here with PIL alone."""
+    chans = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(arr_HxWx3[..., c], np.float32)).resize(
+                (width, height), Image.Resampling.LANCZOS
+            )
         )
+        for c in range(3)
+    ]
+    return np.stack(chans, -1)
+
+
+def test_style_init_is_the_style_resized(pair, images, real_weights):
+    """``init="style"``: the style image (loaded at the long side ``size``) resized to the
+    content's size; checked against PIL directly, with a portrait style (1200x1528)
+    for a landscape content, so the resize does something."""
+    scream = images / "the_scream.jpg"
+    img, _ = gatys.stylize(pair[0], scream, weights=real_weights, size=32, steps=0, init="style")
+    with Image.open(scream) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        w, h = im.size
+        loaded = np.asarray(im.resize((round(w * 32 / h), 32), Image.Resampling.LANCZOS))
+    assert loaded.shape == (32, 25, 3)
+    expected = np.clip(np.rint(_pil_resize(np.float32(loaded), 24, 32)), 0, 255)
+    np.testing.assert_array_equal(img, expected.astype(np.uint8))
+    # the painting, not the photo: close to a one-step resize of it, far from the content
+    direct = image.load(scream, size=(24, 32))
+    photo = image.load(pair[0], size=(24, 32))
+    assert np.abs(img - direct).mean() < 10 < np.abs(img - photo).mean()
+
+
+def test_file_init_is_the_file_resized(pair, real_weights, tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (12, 16, 3)).astype(np.uint8)
+    path = tmp_path / "init.png"
+    Image.fromarray(pixels).save(path)
+    img, _ = gatys.stylize(*pair, weights=real_weights, size=32, steps=0, init=str(path))
+    expected = Image.fromarray(pixels).resize((32, 24), Image.Resampling.LANCZOS)
+    np.testing.assert_array_equal(img, np.asarray(expected))
+
+
+def test_style_blend_final_losses_match_numpy(images, real_weights):
+    """Two styles blended 3:1, default settings (Caffe's ceil pooling: the styles'
+    maps have odd sizes), TV on: the losses at the (content) init image against the
+    float64 reference with the blended, size-rescaled Gram targets."""
+    content_path = images / "tubingen.jpg"
+    style_paths = [images / "starry_night.jpg", images / "the_scream.jpg"]
+    gamma = 1e-2
+    img, m = gatys.stylize(
+        content_path,
+        style_paths,
+        weights=real_weights,
+        size=32,
+        steps=0,
+        init="content",
+        style_blend=(3, 1),
+        tv_weight=gamma,
+        conv_impl="xla",
+    )
+    content = image.load(content_path, long_side=32)
+    styles = [image.load(p, long_side=32) for p in style_paths]
+    assert [s.shape for s in styles] == [(20, 32, 3), (32, 25, 3)]
+    np.testing.assert_array_equal(img, content.astype(np.uint8))
+    settings = Settings()
+    assert settings.pooling == "avg" and settings.pool_rounding == "auto"
+    layers = list(settings.style_layers)
+    np_params = jax.tree.map(np.asarray, real_weights.params)
+    ref_targets = numpy_ref.style_targets(
+        np_params, styles, [0.75, 0.25], layers, (24, 32), "avg", ceil=True
+    )
+    fx = numpy_ref.features(np_params, np.float64(content), layers, "avg", ceil=True)
+    style = settings.style_weight * numpy_ref.style_loss(
+        fx, ref_targets, layers, [1 / len(layers)] * len(layers)
+    )
+    tv = gamma * numpy_ref.tv_loss(content)
+    final = m["final"]
+    assert final["content_loss"] == 0.0  # the output is the content image
+    assert abs(final["style_loss"] - style) / style < 1e-4
+    assert abs(final["tv_loss"] - tv) / tv < 1e-5
+    assert abs(final["loss"] - (style + tv)) / (style + tv) < 1e-4
 
 
 def test_adam_and_blend(pair, real_weights, images):
