@@ -125,7 +125,7 @@ def objective_for(settings: Settings, preprocessing) -> tuple[objective.Objectiv
             if not layers:  # e.g. content_layers=() switches the content term off
                 continue
         kept.append(c)
-        ts.append(terms.Term(c.kind, name, tuple(layers), c.options))
+        ts.append(terms.Term(c.kind, name, tuple(layers), c.options, c.style, c.style_scale))
     obj = objective.Objective(
         tuple(ts),
         settings.pooling,

@@ -191,9 +191,8 @@ def feature_hw(layer: str, hw: tuple[int, int], ceil_mode: bool = False) -> tupl
     return vgg.feature_hw(layer, hw[0], hw[1], ceil_mode)
 
 
-def _reference_targets(obj: Objective, role: str, vgg_params, x_1xHxWx3, out_hw):
-    """Targets of ``role``'s terms from one reference image: ``{term index: {layer: t}}``."""
-    idx = obj.role_terms(role)
+def _reference_targets(obj: Objective, idx: tuple, vgg_params, x_1xHxWx3, out_hw):
+    """Targets of terms ``idx`` from one reference image: ``{term index: {layer: t}}``."""
     layers = tuple(dict.fromkeys(layer for i in idx for layer in obj.terms[i].layers))
     feats = _features(obj, vgg_params, x_1xHxWx3, layers)
     out = {}
@@ -287,28 +286,55 @@ def targets(
     result: list = [None] * len(obj.terms)
     if obj.role_terms("content"):
         x = np.asarray(content_HxWx3, np.float32)[None]
-        for i, t in _reference_targets_jit(obj, "content", vgg_params, x, out_hw).items():
+        idx = obj.role_terms("content")
+        for i, t in _reference_targets_jit(obj, idx, vgg_params, x, out_hw).items():
             result[i] = t
     if obj.role_terms("style") and obj.regions:
         for i, t in _region_targets(obj, vgg_params, out_hw, styles, masks, style_masks).items():
             result[i] = t
     elif obj.role_terms("style"):
+        for i, t in _style_targets(obj, vgg_params, out_hw, styles, blend).items():
+            result[i] = t
+    return result
+
+
+def _style_targets(obj: Objective, vgg_params, out_hw, styles, blend) -> dict:
+    """Style terms' targets, grouped by the style images they read (all of them, or the
+    one their ``style=`` names, at their ``style_scale``): one VGG forward per image."""
+    from nstjax import image  # noqa: PLC0415
+
+    groups: dict = {}
+    for i in obj.role_terms("style"):
+        t = obj.terms[i]
+        if t.style is not None and t.style >= len(styles):
+            raise UsageError(f"loss term {t.name!r} uses style={t.style}, but there are "
+                             f"{len(styles)} style images")  # fmt: skip
+        groups.setdefault((t.style, t.style_scale), []).append(i)
+    out = {}
+    for (style, scale), idx in groups.items():
+        imgs = list(styles) if style is None else [styles[style]]
+        weights = list(blend) if style is None else [1.0]
+        if scale != 1.0:
+            imgs = [image.resize(np.asarray(s, np.float32), max(1, round(s.shape[0] * scale)),
+                                 max(1, round(s.shape[1] * scale))) for s in imgs]  # fmt: skip
         per_style = [
             _reference_targets_jit(
-                obj, "style", vgg_params, np.asarray(s, np.float32)[None], out_hw
-            )
-            for s in styles
+                obj, tuple(idx), vgg_params, np.asarray(s, np.float32)[None], out_hw
+            )  # fmt: skip
+            for s in imgs
         ]
-        for i in obj.role_terms("style"):
+        for i in idx:
             kind = registry.get(obj.terms[i].kind)
-            if kind.blend is None:
-                result[i] = [p[i] for p in per_style]
-                continue
-            result[i] = {
-                layer: kind.blend([np.asarray(p[i][layer]) for p in per_style], list(blend))
-                for layer in obj.terms[i].layers
-            }
-    return result
+            if len(per_style) == 1:
+                out[i] = per_style[0][i]
+            elif kind.blend is None:
+                out[i] = [p[i] for p in per_style]
+            else:
+                out[i] = {
+                    layer: kind.blend([np.asarray(p[i][layer]) for p in per_style], weights)
+                    for layer in obj.terms[i].layers
+                }
+    return out
 
 
 def loss(obj: Objective, pixels_BxHxWx3, vgg_params, targets, weights, key=None):

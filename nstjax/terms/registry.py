@@ -30,8 +30,11 @@ numbers). Terms are written as strings, the same in the CLI, configs and the API
     gram:norm=chw                         # an option
     meanstd:weight=10,layers=relu1_1+relu2_1,layer_weights=0.7+0.3,name=bn
 
-``weight``, ``layers``, ``layer_weights`` and ``name`` are reserved; everything else is
-an option of the kind. Unknown kinds and options fail loudly.
+``weight``, ``layers``, ``layer_weights``, ``name``, ``style`` (a style term's targets
+from that style image only, by index: scale control, Gatys et al. 2017 Sec. 6) and
+``style_scale`` (that term's style image resized by this factor, e.g. a low-resolution
+copy for coarse-scale statistics) are reserved; everything else is an option of the kind.
+Unknown kinds and options fail loudly.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from typing import Any
 from nstjax.errors import UsageError
 
 ROLES = ("content", "style", "image")
-RESERVED = ("weight", "layers", "layer_weights", "name")
+RESERVED = ("weight", "layers", "layer_weights", "name", "style", "style_scale")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +139,8 @@ class Term:
     name: str
     layers: tuple[str, ...] = ()
     options: tuple[tuple[str, Any], ...] = ()
+    style: int | None = None  # style terms: only this style image (by index)
+    style_scale: float = 1.0  # style terms: the style image resized by this factor
 
     @property
     def role(self) -> str:
@@ -155,6 +160,8 @@ class TermConfig:
     layers: tuple[str, ...] | None = None  # None: the role's default layers
     layer_weights: tuple[float, ...] | None = None  # None: equal, summing to 1
     name: str | None = None
+    style: int | None = None
+    style_scale: float = 1.0
 
 
 def _convert(kind: str, key: str, text: str, default):
@@ -189,7 +196,7 @@ def parse(text: str, defaults: Mapping[str, Any] | None = None) -> TermConfig:
     kind_name, _, rest = text.strip().partition(":")
     kind = get(kind_name.strip())
     options = {k: v for k, v in (defaults or {}).items() if k in kind.options}
-    weight, layers, layer_weights, name = 1.0, None, None, None
+    weight, layers, layer_weights, name, style, style_scale = 1.0, None, None, None, None, 1.0
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
         key, value = key.strip(), value.strip()
@@ -205,6 +212,14 @@ def parse(text: str, defaults: Mapping[str, Any] | None = None) -> TermConfig:
             layer_weights = tuple(_convert(kind.name, key, v, 1.0) for v in value.split("+"))
         elif key == "name":
             name = value
+        elif key == "style":
+            style = _convert(kind.name, key, value, 0)
+            if style < 0 or kind.role != "style":
+                raise UsageError(f"loss term {text!r}: style= is a style image index >= 0")
+        elif key == "style_scale":
+            style_scale = _convert(kind.name, key, value, 1.0)
+            if not style_scale > 0 or kind.role != "style":
+                raise UsageError(f"loss term {text!r}: style_scale must be > 0 (style terms)")
         elif key in kind.options:
             options[key] = _convert(kind.name, key, value, kind.options[key])
         else:
