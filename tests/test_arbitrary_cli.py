@@ -10,8 +10,6 @@ from PIL import Image
 
 from nstjax import cli, gatys
 
-pytest.importorskip("onnx")
-
 
 @pytest.fixture
 def base(images, tmp_path, cache_env):
