@@ -164,6 +164,12 @@ def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequenc
     return image.load(Path(settings.init), size=(h, w))
 
 
+def upsample(image_HxWxC: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A pyramid level's result brought to the next level's size (bicubic)."""
+    x = jnp.asarray(image_HxWxC, jnp.float32)
+    return np.asarray(jax.image.resize(x, (*hw, x.shape[-1]), "cubic"), np.float32)
+
+
 def _luma(rgb: np.ndarray) -> np.ndarray:
     from nstjax import color  # noqa: PLC0415
 
@@ -243,11 +249,14 @@ def build_job(
     tag: Any = None,
     masks: Sequence | None = None,
     style_masks: Sequence | None = None,
+    init_image: np.ndarray | None = None,
 ) -> Job:
     """Loads images, computes targets (once per distinct images and objective), the
     initial image and the loss weights. ``caches`` (a dict) shares work across jobs.
     ``masks`` / ``style_masks`` (HxW arrays) replace ``settings.masks`` /
-    ``settings.style_masks`` (file names) for spatial control from Python."""
+    ``settings.style_masks`` (file names) for spatial control from Python.
+    ``init_image`` (the optimized image of a coarser pyramid level, any size, 1 or 3
+    channels) replaces ``settings.init``, resized to this level's size."""
     check_init(settings)
     images = images or ImageCache()
     caches = {} if caches is None else caches
@@ -282,8 +291,10 @@ def build_job(
             caches[("targets", tkey)] = targets
     ikey = ("init", settings.init, settings.seed, settings.init_noise, names, tuple(blend),
             settings.size, settings.style_scale, settings.preserve_color)  # fmt: skip
-    init = caches.get(ikey) if cacheable else None
-    if init is None:
+    init = caches.get(ikey) if cacheable and init_image is None else None
+    if init_image is not None:
+        init = upsample(init_image, content_img.shape[:2])
+    elif init is None:
         init = initial_image(settings, content_img, style_imgs)
         if content_rgb is not None:  # luminance-only: optimize one channel
             init = init[..., :1] if settings.init != "arbitrary" else _luma(init)
@@ -308,7 +319,12 @@ def build_job(
         settings.save_every,
         settings.loop,
     )
-    run = {"targets": targets, "weights": loss_weights, "lr": np.float32(settings.resolved_lr)}
+    run = {
+        "targets": targets,
+        "weights": loss_weights,
+        "lr": np.float32(settings.resolved_lr),
+        "ema": np.float32(settings.ema),
+    }
     key = np.asarray(jax.random.PRNGKey(settings.seed), np.uint32)
     return Job(
         program, init[None], run, key, settings, weights.info, weights.params, tag, content_rgb

@@ -32,7 +32,7 @@ def image(name: str) -> str:
 
 
 # Python types of the schema's value types, for fields whose default is None.
-_NONE_TYPES = {"opt_float": float, "opt_str": str, "floats": tuple, "names": tuple}
+_NONE_TYPES = {"opt_float": float, "opt_str": str, "floats": tuple, "names": tuple, "ints": tuple}
 
 
 def settings_config() -> ml_collections.ConfigDict:

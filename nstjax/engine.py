@@ -151,8 +151,8 @@ def run_group(
                 on_chunk(batch[:real], history.shape[2], rec[:real], state)
         jax.block_until_ready(state["image"])
         seconds = time.perf_counter() - t0  # the steps alone
-        final = np.asarray(optim.final_losses_jit(p.objective, state["image"], keys_R, ctx))
-        images_R = np.asarray(state["image"])[:, 0]
+        final = np.asarray(optim.final_losses_jit(p.objective, state["avg"], keys_R, ctx))
+        images_R = np.asarray(state["avg"])[:, 0]
         for i, job in enumerate(batch[:real]):
             error = None
             if not np.all(np.isfinite(history[i])):

@@ -36,6 +36,7 @@ _PARSERS = {
     "opt_str": str,
     "names": _names,
     "floats": _floats,
+    "ints": lambda text: tuple(int(v) for v in _floats(text)),
 }
 
 

@@ -110,8 +110,13 @@ def stylize(
         raise UsageError("--save-every needs --output")
     if tensorboard is not None:
         writers.require_tensorboard()
+    if settings.method == "gatys" and weights is None:
+        weights = weights_api.load(settings.weights, settings.weights_format)
+    pyramid_run = settings.method == "gatys" and bool(settings.scales)
     with monitor.count_compiles() as compiles:
-        job = prepare(settings, content, styles, weights) if settings.method == "gatys" else None
+        job = None
+        if settings.method == "gatys" and not pyramid_run:
+            job = prepare(settings, content, styles, weights)
         w = writers.MultiWriter(
             [
                 writers.ProgressWriter(settings.steps)
@@ -124,7 +129,9 @@ def stylize(
             ]
         )
         try:
-            if job is None:
+            if pyramid_run:
+                out_f, m = _pyramid(settings, content, styles, weights, out_path, w)
+            elif job is None:
                 from nstjax.arbitrary import batch as arbitrary_batch  # noqa: PLC0415
 
                 out_f, m = arbitrary_batch.stylize_one(settings, content, styles)
@@ -145,6 +152,26 @@ def stylize(
     return out, m
 
 
+def _pyramid(settings: Settings, content, styles, weights, out_path, writer):
+    """A coarse-to-fine run (:mod:`nstjax.pyramid`); records and saves continue across
+    levels (intermediate images are named by the global step)."""
+    from nstjax import pyramid  # noqa: PLC0415
+
+    offsets = np.cumsum([0] + [level.steps for level in settings.levels()])
+
+    def on_chunk(job, level, step, rec_KxN, state):
+        at = int(offsets[level]) + step
+        writer.write_steps(at - rec_KxN.shape[1], job.program.objective.record_keys, rec_KxN)
+        every = settings.save_every
+        if every and out_path is not None and at % every == 0 and at < offsets[-1]:
+            img = job.finish(np.asarray(state["avg"][0, 0]))
+            image.save(intermediate_path(out_path, at), img)
+
+    outcome, m = pyramid.run(settings, content, styles, weights, on_chunk)
+    m["loop"] = resolve_loop(settings.loop)
+    return outcome.job.finish(outcome.image_HxWx3), m
+
+
 def _saver(job: Job, out_path: Path | None):
     """Saves intermediate images every ``settings.save_every`` steps."""
     settings = job.settings
@@ -152,7 +179,7 @@ def _saver(job: Job, out_path: Path | None):
     def on_chunk(step, rec, state):
         every = settings.save_every
         if every and step % every == 0 and step < settings.steps:
-            img = job.finish(np.asarray(state["image"][0, 0]))
+            img = job.finish(np.asarray(state["avg"][0, 0]))
             image.save(intermediate_path(out_path, step), img)
 
     return on_chunk

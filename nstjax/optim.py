@@ -27,7 +27,8 @@ from nstjax.settings import LOOPS
 
 
 def step(obj: objective.Objective, opt: optimizers.OptimizerSpec, state: dict, ctx: dict):
-    """One optimization step. ``ctx`` = {vgg, targets, weights, lr}. Returns (state, record)."""
+    """One optimization step. ``ctx`` = {vgg, targets, weights, lr, ema}.
+    Returns (state, record)."""
     key = jax.random.fold_in(state["key"], state["step"])
 
     def f(image):
@@ -48,7 +49,10 @@ def step(obj: objective.Objective, opt: optimizers.OptimizerSpec, state: dict, c
     else:
         direction, opt_state = tx.update(grad, state["opt"], state["image"])
     image = state["image"] - ctx["lr"] * direction
-    new = {"image": image, "opt": opt_state, "step": state["step"] + 1, "key": state["key"]}
+    # Iterate averaging (crowsonkb's style-transfer-pytorch): ema = 0 keeps the iterate.
+    avg = ctx["ema"] * state["avg"] + (1.0 - ctx["ema"]) * image
+    new = {"image": image, "avg": avg, "opt": opt_state, "step": state["step"] + 1,
+           "key": state["key"]}  # fmt: skip
     return new, objective.record(total, parts)
 
 

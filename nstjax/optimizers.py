@@ -73,7 +73,7 @@ def transformation(spec: OptimizerSpec) -> optax.GradientTransformation:
 
 
 def init_state(opt: OptimizerSpec, image_BxHxWx3: jax.Array, key: jax.Array) -> dict:
-    """The optimization state, a plain pytree: ``{image, opt, step, key}``.
+    """The optimization state, a plain pytree: ``{image, avg, opt, step, key}``.
 
     ``key`` is the run's raw PRNG key (``jax.random.PRNGKey(seed)``); each step folds
     its step number into it, so stochastic terms are reproducible.
@@ -81,6 +81,7 @@ def init_state(opt: OptimizerSpec, image_BxHxWx3: jax.Array, key: jax.Array) -> 
     image = jnp.asarray(image_BxHxWx3, jnp.float32)
     state = {
         "image": image,
+        "avg": image,  # the iterates' moving average (the output; = image without --ema)
         "opt": transformation(opt).init(image),
         "step": jnp.int32(0),
         "key": jnp.asarray(key, jnp.uint32),

@@ -112,6 +112,13 @@ def run(
     with monitor.count_compiles() as compiles:
         try:
             for gi, group in enumerate(groups):
+                if isinstance(group[0], _PyramidVariant):
+                    if claim(group[0]):
+                        m = _run_pyramid(workdir, group[0], config, gi, bar, claims)
+                        claims.release(group[0].tag.name)
+                        failed += m["status"] == "failed"
+                        ran += 1
+                    continue
                 if isinstance(group[0], arbitrary_batch.ArbitraryJob):
                     mine_now = [j for j in group if claim(j)]
                     n = min(batch_size, len(mine_now))
@@ -198,6 +205,16 @@ def _pins(variants: list[sweep.Variant]) -> dict:
     return {"weights": weights, "images": images}
 
 
+class _PyramidVariant:
+    """A coarse-to-fine variant: runs alone, level by level (:mod:`nstjax.pyramid`)."""
+
+    def __init__(self, v: sweep.Variant, weights):
+        self.tag, self.weights = v, weights
+
+    def group_key(self) -> tuple:
+        return ("pyramid", self.tag.index)
+
+
 def _build_jobs(todo: list[sweep.Variant]) -> list:
     """One job per variant; targets and inits once per distinct images and objective."""
     weights: dict = {}
@@ -212,8 +229,36 @@ def _build_jobs(todo: list[sweep.Variant]) -> list:
         key = (s.weights, s.weights_format)
         if key not in weights:
             weights[key] = weights_api.load(*key)
+        if s.scales:
+            jobs.append(_PyramidVariant(v, weights[key]))
+            continue
         jobs.append(build.build_job(s, v.content, v.styles, weights[key], images, caches, tag=v))
     return jobs
+
+
+def _run_pyramid(workdir: Path, item: _PyramidVariant, config, group: int, bar, claims) -> dict:
+    from nstjax import pyramid  # noqa: PLC0415
+
+    v = item.tag
+    live = _live_writer(workdir, v, config)
+    offsets = np.cumsum([0] + [level.steps for level in v.settings.levels()])
+
+    def on_chunk(job, level, step, rec_KxN, state):
+        claims.heartbeat(v.name)
+        at = int(offsets[level]) + step
+        keys = job.program.objective.record_keys
+        live.write_steps(at - rec_KxN.shape[1], keys, rec_KxN)
+        if bar is not None:
+            bar.runs = 1
+            bar.write_steps(at, keys, rec_KxN)
+
+    try:
+        outcome, m = pyramid.run(v.settings, v.content, list(v.styles), item.weights, on_chunk,
+                                 stop_on_nonfinite=False)  # fmt: skip
+    finally:
+        live.close()
+    img = None if outcome.image_HxWx3 is None else outcome.job.finish(outcome.image_HxWx3)
+    return _write_variant(workdir, v, img, _variant_metrics(v, m, group))
 
 
 def _live_writer(workdir: Path, v: sweep.Variant, config) -> writers.MetricWriter:
@@ -243,7 +288,7 @@ def _on_chunk(workdir: Path, live: dict, bar, claims: Claims, config):
             bar.write_steps(first, keys, rec_RxKxN[0])
         s = jobs[0].settings
         if s.save_every and step % s.save_every == 0 and step < s.steps:
-            imgs = np.asarray(state["image"])[:, 0]
+            imgs = np.asarray(state["avg"])[:, 0]
             for i, job in enumerate(jobs):
                 path = sweep.variant_dir(workdir, job.tag) / f"step_{step:05d}.png"
                 image.save(path, job.finish(imgs[i]))

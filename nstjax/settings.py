@@ -44,6 +44,21 @@ class Settings:
     optimizer: str = _field("lbfgs", "lbfgs or adam", "str")
     lr: float | None = _field(None, "learning rate (default 1 for lbfgs, 10 for adam)",
                               "opt_float")  # fmt: skip
+    scales: tuple[int, ...] = _field(
+        (),
+        "coarse-to-fine: long sides of a pyramid, e.g. 256,512 (overrides size); each "
+        "scale starts from the previous result upsampled, with a fresh optimizer state",
+        "ints",
+    )
+    scale_steps: tuple[int, ...] = _field(
+        (), "steps per pyramid scale (default: steps at each)", "ints"
+    )
+    ema: float = _field(
+        0.0,
+        "iterate averaging: the output is an exponential moving average of the "
+        "iterates with this decay (0: the last iterate)",
+        "float",
+    )
     memory_size: int = _field(100, "L-BFGS history length", "int")
     line_search: int = _field(
         0,
@@ -138,7 +153,10 @@ class Settings:
         for f in dataclasses.fields(self):
             _check_type(f, getattr(self, f.name))
             value = getattr(self, f.name)
-            if f.metadata["type"] in ("names", "floats", "terms", "paths") and value is not None:
+            if (
+                f.metadata["type"] in ("names", "floats", "ints", "terms", "paths")
+                and value is not None
+            ):
                 if isinstance(value, str):
                     value = (
                         (value,) if f.metadata["type"] in ("terms", "paths") else value.split(",")
@@ -170,6 +188,16 @@ class Settings:
         for name in ("content_layer_weights", "style_layer_weights", "style_blend"):
             for v in getattr(self, name) or ():
                 _finite_nonneg(name, v)
+        if not 0 <= self.ema < 1:
+            raise UsageError(f"ema must be in [0, 1), got {self.ema}")
+        for v in self.scales:
+            _positive_int("scales", v)
+        if self.scale_steps and len(self.scale_steps) != len(self.scales):
+            raise UsageError(f"scale_steps has {len(self.scale_steps)} values for "
+                             f"{len(self.scales)} scales")  # fmt: skip
+        for v in self.scale_steps:
+            if int(v) != v or v < 0:
+                raise UsageError(f"scale_steps must be integers >= 0, got {self.scale_steps}")
         if self.style_scale == 0:
             raise UsageError("style_scale must be > 0")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
@@ -201,6 +229,16 @@ class Settings:
                 out.append(c)
         terms.unique_names(out)
         return out
+
+    def levels(self) -> list[Settings]:
+        """The pyramid's per-scale settings (one level without ``scales``)."""
+        if not self.scales:
+            return [self]
+        steps = self.scale_steps or (self.steps,) * len(self.scales)
+        return [
+            self.replace(size=int(size), steps=int(n), scales=(), scale_steps=())
+            for size, n in zip(self.scales, steps, strict=True)
+        ]
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -244,7 +282,7 @@ def _check_type(f: dataclasses.Field, value) -> None:
     items = (value,) if isinstance(value, str) else value
     if not isinstance(items, (tuple, list)):
         raise UsageError(f"{f.name} must be a list, got {value!r}")
-    want = (int, float) if kind == "floats" else (str,)
+    want = {"floats": (int, float), "ints": (int,)}.get(kind, (str,))
     if kind == "floats" and value is None:
         return
     if any(isinstance(v, bool) or not isinstance(v, want) for v in items):
