@@ -60,6 +60,7 @@ class Job:
     vgg_params: dict  # the raw VGG19 params (shared by the group; not part of the key)
     tag: Any = None
     content_rgb: np.ndarray | None = None  # luminance-only transfer: for its I and Q
+    memory_estimate: dict | None = None  # nstjax.memory.estimate of the run
 
     def finish(self, image_HxWxC: np.ndarray) -> np.ndarray:
         """The optimized image as RGB pixels (luminance-only: recombined with the
@@ -162,6 +163,31 @@ def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequenc
     if settings.init == "style":
         return _array(np.asarray(styles[0]), None, (h, w))
     return image.load(Path(settings.init), size=(h, w))
+
+
+def _fit_memory(settings: Settings, obj, hw, luminance: bool):
+    """Refuses a run that cannot fit (nstjax.memory); applies ``--remat``."""
+    from nstjax import memory  # noqa: PLC0415
+
+    deepest = max(obj.layers, key=lambda name: vgg.LAYER_INDEX[name])
+    lbfgs = settings.optimizer == "lbfgs"
+    e = memory.estimate(hw[0], hw[1], deepest, 1 if luminance else 3, settings.memory_size,
+                        lbfgs, obj.conv_impl != "xla")  # fmt: skip
+    avail = memory.available_bytes()
+    if avail is not None and e["total"] > avail:
+        hint = []
+        if lbfgs and settings.memory_size > 10:
+            short = memory.estimate(hw[0], hw[1], deepest, 3, 10, True, obj.conv_impl != "xla")
+            hint.append(f"--memory-size 10 ({memory.gib(short['total'])}; the "
+                        f"{settings.memory_size} L-BFGS pairs take "
+                        f"{memory.gib(e['lbfgs_history'])})")  # fmt: skip
+        hint += ["a smaller --size", "a coarse-to-fine --scales schedule ending lower"]
+        raise UsageError(
+            f"a {hw[1]}x{hw[0]} run needs an estimated {memory.gib(e['total'])} of memory "
+            f"and {memory.gib(avail)} is available; options: {', '.join(hint)}"
+        )
+    e["available"] = avail
+    return dataclasses.replace(obj, remat=settings.remat == "on"), e
 
 
 def upsample(image_HxWxC: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -270,6 +296,7 @@ def build_job(
         content_img, style_imgs, content_rgb = _color(settings, content_img, style_imgs)
     obj, configs = objective_for(settings, weights.preprocessing)
     check_size(obj, content_img.shape[:2], "content image", settings.size)
+    obj, estimate = _fit_memory(settings, obj, content_img.shape[:2], content_rgb is not None)
     for s_img in style_imgs:
         check_size(obj, s_img.shape[:2], "style image", style_side)
     region, style_region = _masks(settings, content_img, style_imgs, masks, style_masks)
@@ -327,5 +354,6 @@ def build_job(
     }
     key = np.asarray(jax.random.PRNGKey(settings.seed), np.uint32)
     return Job(
-        program, init[None], run, key, settings, weights.info, weights.params, tag, content_rgb
-    )
+        program, init[None], run, key, settings, weights.info, weights.params, tag, content_rgb,
+        estimate,
+    )  # fmt: skip

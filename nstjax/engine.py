@@ -201,6 +201,7 @@ def metrics(o: Outcome) -> dict:
             "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.local_devices()],
             "jax_version": jax.__version__,
+            "memory_estimate": o.job.memory_estimate,
         }
     )
     if o.image_HxWx3 is not None:

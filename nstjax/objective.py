@@ -47,6 +47,7 @@ class Objective:
     ceil_mode: bool = False  # Caffe's pooling of odd-sized maps (see vgg.pool2x2)
     regions: int = 0  # spatial control: style image r guides region r (0: none)
     mask_mode: str = "mean"  # how masks follow the network (nstjax.masks)
+    remat: bool = False  # recompute activations in the backward pass (less memory)
 
     def __post_init__(self):
         object.__setattr__(self, "terms", tuple(self.terms))
@@ -183,7 +184,7 @@ def one_off(obj: Objective) -> Objective:
     """``obj`` with XLA's convolution: for what runs once per run (targets, final
     losses), where Winograd's longer compile would not pay off. Same function, to
     float32 rounding."""
-    return dataclasses.replace(obj, conv_impl="xla")
+    return dataclasses.replace(obj, conv_impl="xla", remat=False)
 
 
 def feature_hw(layer: str, hw: tuple[int, int], ceil_mode: bool = False) -> tuple[int, int]:
@@ -349,7 +350,18 @@ def loss(obj: Objective, pixels_BxHxWx3, vgg_params, targets, weights, key=None)
         key = jax.random.PRNGKey(0)
     if pixels_BxHxWx3.shape[-1] == 1:  # luminance-only transfer: grey (Y, Y, Y) for VGG
         pixels_BxHxWx3 = jnp.broadcast_to(pixels_BxHxWx3, (*pixels_BxHxWx3.shape[:-1], 3))
-    feats = _features(obj, vgg_params, pixels_BxHxWx3, obj.layers)
+    if obj.remat:
+        # Keep only the pooled maps (4x smaller than their block's activations) and the
+        # requested layers; recompute the convolutions of each block in the backward
+        # pass: about one more forward per step.
+        policy = jax.checkpoint_policies.save_only_these_names(
+            *(name for name in vgg.LAYERS if name.startswith("pool"))
+        )
+        feats = jax.checkpoint(lambda x: _features(obj, vgg_params, x, obj.layers), policy=policy)(
+            pixels_BxHxWx3
+        )
+    else:
+        feats = _features(obj, vgg_params, pixels_BxHxWx3, obj.layers)
     sums = {"content": jnp.float32(0.0), "style": jnp.float32(0.0), "image": jnp.float32(0.0)}
     values = []
     for i, t in enumerate(obj.terms):

@@ -59,7 +59,14 @@ class Settings:
         "iterates with this decay (0: the last iterate)",
         "float",
     )
-    memory_size: int = _field(100, "L-BFGS history length", "int")
+    memory_size: int = _field(100, "L-BFGS history length (memory: 2 x N images)", "int")
+    remat: str = _field(
+        "auto",
+        "recompute VGG activations in the backward pass (less memory, ~1 more "
+        "forward per step): on, off, or auto (on when the estimated peak would not fit)",
+        "str",
+        choices=("auto", "on", "off"),
+    )
     line_search: int = _field(
         0,
         "L-BFGS: at most N zoom line-search evaluations per step (0: none, as "

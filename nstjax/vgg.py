@@ -216,6 +216,50 @@ def features(
     return model.apply({"params": needed}, image_BxHxWx3)
 
 
+def features_remat(
+    params: Mapping,
+    image_BxHxWx3: jax.Array,
+    layers: Sequence[str],
+    pooling: str = "max",
+    conv_impl: str = "xla",
+    ceil_mode: bool = False,
+) -> dict[str, jax.Array]:
+    """:func:`features` with each VGG block rematerialized (``jax.checkpoint``): the
+    backward pass keeps only every block's input (a pooled map, 4x smaller than the
+    block's activations) and the requested layers, and recomputes one block at a time.
+    Same values; about one more forward per gradient; activation memory of the largest
+    block instead of the whole network."""
+    wanted = set(check_layers(layers))
+    last = max(LAYER_INDEX[name] for name in wanted)
+    blocks: list[list[str]] = [[]]
+    for name in LAYERS[: last + 1]:
+        blocks[-1].append(name)
+        if name.startswith("pool"):
+            blocks.append([])
+    out: dict[str, jax.Array] = {}
+    x = image_BxHxWx3
+    for names in filter(None, blocks):
+        convs = [n for n in names if n in PARAM_SHAPES]
+
+        def block(p, x, names=tuple(names)):
+            got = {}
+            for name in names:
+                if name in PARAM_SHAPES:
+                    e = p[name]
+                    x = conv.conv3x3(x, e["kernel"], e["bias"], conv_impl, e.get("winograd"))
+                elif name.startswith("relu"):
+                    x = jax.nn.relu(x)
+                else:
+                    x = pool2x2(x, pooling, ceil_mode)
+                if name in wanted:
+                    got[name] = x
+            return x, got
+
+        x, got = jax.checkpoint(block)({n: params[n] for n in convs}, x)
+        out.update(got)
+    return out
+
+
 def prepare_params(
     params: Mapping,
     image_shape: Sequence[int],
