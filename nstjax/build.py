@@ -311,9 +311,15 @@ def build_job(
             settings.color_transfer)  # fmt: skip
     targets = caches.get(("targets", tkey)) if cacheable else None
     if targets is None:
-        targets = objective.targets(
-            obj, weights.params, content_img, style_imgs, blend, region, style_region
-        )
+        targets = objective.targets(obj, weights.params, content_img, style_imgs, blend)
+        if obj.regions:  # spatial control: guided style targets
+            from nstjax import guided  # noqa: PLC0415
+
+            guided_targets = guided.targets(
+                obj, weights.params, content_img, style_imgs, region, style_region
+            )
+            for i, t in guided_targets.items():
+                targets[i] = t
         if cacheable:
             caches[("targets", tkey)] = targets
     ikey = ("init", settings.init, settings.seed, settings.init_noise, names, tuple(blend),

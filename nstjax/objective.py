@@ -215,73 +215,18 @@ def _reference_targets(obj: Objective, idx: tuple, vgg_params, x_1xHxWx3, out_hw
 _reference_targets_jit = jax.jit(_reference_targets, static_argnums=(0, 1, 4))
 
 
-def _masked_style_targets(obj: Objective, vgg_params, x_1xHxWx3, layer_masks, out_hw):
-    """Guided targets of the style terms from one style image and its layer masks."""
-    idx = obj.role_terms("style")
-    layers = tuple(dict.fromkeys(layer for i in idx for layer in obj.terms[i].layers))
-    feats = _features(obj, vgg_params, x_1xHxWx3, layers)
-    out = {}
-    for i in idx:
-        t = obj.terms[i]
-        kind = registry.get(t.kind)
-        out[i] = {
-            layer: kind.masked_targets(
-                feats[layer],
-                layer_masks[layer],
-                (*feature_hw(layer, out_hw, obj.ceil_mode), feats[layer].shape[-1]),
-                **t.option_dict(),
-            )
-            for layer in t.layers
-        }
-    return out
-
-
-_masked_style_targets_jit = jax.jit(_masked_style_targets, static_argnums=(0, 4))
-
-
-def _region_targets(obj, vgg_params, out_hw, styles, masks, style_masks) -> dict:
-    """Spatial control: per style term, each region's guided target and the output's
-    region masks at every layer (``{"regions": [...], "masks": {layer: RxH'xW'}}``)."""
-    from nstjax import masks as masks_lib  # noqa: PLC0415
-
-    if len(masks) != obj.regions or len(styles) != obj.regions:
-        raise UsageError(
-            f"spatial control pairs style image r with mask r: got {len(styles)} style "
-            f"images and {len(masks)} masks"
-        )
-    layers = tuple(
-        dict.fromkeys(lay for i in obj.role_terms("style") for lay in obj.terms[i].layers)
-    )
-    out_masks = [masks_lib.layer_masks(m, layers, obj.mask_mode, obj.ceil_mode) for m in masks]
-    stacked = {layer: np.stack([m[layer] for m in out_masks]) for layer in layers}
-    per_region = []
-    for r, style in enumerate(styles):
-        hw = np.shape(style)[:2]
-        sm = style_masks[r] if style_masks is not None and style_masks[r] is not None else None
-        sm = np.ones(hw, np.float32) if sm is None else sm
-        lm = masks_lib.layer_masks(sm, layers, obj.mask_mode, obj.ceil_mode)
-        x = np.asarray(style, np.float32)[None]
-        per_region.append(_masked_style_targets_jit(obj, vgg_params, x, lm, out_hw))
-    return {
-        i: {"regions": [p[i] for p in per_region], "masks": stacked}
-        for i in obj.role_terms("style")
-    }
-
-
 def targets(
     obj: Objective,
     vgg_params,
     content_HxWx3,
     styles: Sequence,
     blend: Sequence[float],
-    masks: Sequence | None = None,
-    style_masks: Sequence | None = None,
 ) -> list:
     """Every term's targets, in term order: ``{layer: target}`` per term (None for
     image terms); a style term without a ``blend`` function gets a list, one
     ``{layer: target}`` per style image, and the loss blends its values. With
-    ``obj.regions`` (spatial control), ``masks`` are the output's region masks (HxW,
-    one per style image) and ``style_masks`` each style image's own (or None)."""
+    ``obj.regions`` (spatial control) the style terms' targets are
+    :func:`nstjax.guided.targets`' (None here)."""
     obj = one_off(obj)
     out_hw = tuple(np.shape(content_HxWx3)[:2])
     result: list = [None] * len(obj.terms)
@@ -290,10 +235,7 @@ def targets(
         idx = obj.role_terms("content")
         for i, t in _reference_targets_jit(obj, idx, vgg_params, x, out_hw).items():
             result[i] = t
-    if obj.role_terms("style") and obj.regions:
-        for i, t in _region_targets(obj, vgg_params, out_hw, styles, masks, style_masks).items():
-            result[i] = t
-    elif obj.role_terms("style"):
+    if obj.role_terms("style") and not obj.regions:
         for i, t in _style_targets(obj, vgg_params, out_hw, styles, blend).items():
             result[i] = t
     return result
