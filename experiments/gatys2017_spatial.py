@@ -27,13 +27,11 @@ def get_config(arg=None):
     return config.lock()
 
 
+STYLE_MASKS = (G + "fig2_style1_sky.jpg", G + "fig2_style2_nosky.jpg")
+
+
 def sweep(add):
     sky = common.image("tubingen_sky.png")
-    add(masks=())
-    add(
-        masks=(sky, "!" + sky),
-        style_masks=(
-            common.image(G + "fig2_style1_sky.jpg"),
-            common.image(G + "fig2_style2_nosky.jpg"),
-        ),
-    )
+    style_masks = tuple(common.image(m) for m in STYLE_MASKS)
+    add(masks=(), style_masks=style_masks)  # (a): the style masks act only with regions
+    add(masks=(sky, "!" + sky), style_masks=style_masks)
