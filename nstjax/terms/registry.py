@@ -228,7 +228,16 @@ def parse(text: str, defaults: Mapping[str, Any] | None = None) -> TermConfig:
     full = {**kind.options, **options}
     if kind.check is not None:
         kind.check(**full)
-    return TermConfig(kind.name, tuple(sorted(full.items())), weight, layers, layer_weights, name)
+    return TermConfig(
+        kind.name,
+        tuple(sorted(full.items())),
+        weight,
+        layers,
+        layer_weights,
+        name,
+        style,
+        style_scale,
+    )
 
 
 def unique_names(configs: Sequence[TermConfig]) -> list[str]:
