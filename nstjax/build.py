@@ -306,9 +306,10 @@ def build_job(
     cacheable = masks is None and style_masks is None
     cacheable = cacheable and not any(isinstance(x, np.ndarray) for x in (content, *styles))
     names = (str(content), tuple(str(s) for s in styles))
+    weights_id = weights.info.get("sha256") or id(weights.params)  # targets depend on them
     tkey = (objective.one_off(obj), names, tuple(blend), settings.size, settings.style_scale,
             settings.masks, settings.style_masks, settings.preserve_color,
-            settings.color_transfer)  # fmt: skip
+            settings.color_transfer, weights_id)  # fmt: skip
     targets = caches.get(("targets", tkey)) if cacheable else None
     if targets is None:
         targets = objective.targets(obj, weights.params, content_img, style_imgs, blend)

@@ -232,3 +232,23 @@ def test_scale_control_style_index_and_scale(images, real_weights):
     np.testing.assert_allclose(both, 0.5 * (alone[0] + alone[1]), rtol=1e-5)
     half = style_target("gram:style=0,style_scale=0.5")
     assert not np.allclose(half, first, rtol=1e-2)  # a coarser copy: other statistics
+
+
+def test_targets_are_cached_per_weights(images, real_weights):
+    """A sweep varying the weights must not reuse the first network's targets."""
+    import dataclasses
+
+    scaled = dataclasses.replace(
+        real_weights,
+        params={
+            k: {"kernel": v["kernel"] * 2, "bias": v["bias"] * 2}
+            for k, v in real_weights.params.items()
+        },  # fmt: skip
+        info={**real_weights.info, "sha256": "other"},
+    )
+    caches: dict = {}
+    s = Settings(size=32, conv_impl="xla")
+    pair = (str(images / "tubingen.jpg"), [str(images / "starry_night.jpg")])
+    a = build.build_job(s, *pair, real_weights, caches=caches).run["targets"][1]["conv1_1"]
+    b = build.build_job(s, *pair, scaled, caches=caches).run["targets"][1]["conv1_1"]
+    assert not np.allclose(np.asarray(a), np.asarray(b))
