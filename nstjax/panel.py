@@ -1,0 +1,334 @@
+"""A panel of distances: how far an output image is from its style and content images,
+by every registered loss term at once.
+
+Each style distance is a registered style kind (``gram``, ``meanstd``, ``mmd_rbf``, ...,
+and any kind a user registered) evaluated on the Gatys layers relu1_1..relu5_1 with
+equal layer weights (their mean) against the style image(s); each content distance
+(``mse`` and ``selfsim`` by default) on relu4_2 against the content image. Kinds use
+their default options unless given as term strings (``"mmd_rbf:bandwidth=2"``);
+stochastic kinds draw their positions / directions from one fixed key (``seed``), the
+same for every image, so the numbers are deterministic and comparable.
+
+The same numbers for the content image itself, as if it were the output, give the
+scale: a normalized style distance is ``d(output) / d(photo)`` (1.0: no closer to the
+style than the photo; 0: the style's own statistics). Content distances of the photo
+are 0, so a normalized content distance is ``d(output) / d(style image)``, the style
+image(s) resized to the output's size (1.0: as far from the photo's content as the
+painting itself).
+
+Every image goes through VGG19 once (the union of the layers); the kinds' ``targets``
+and ``loss`` functions are then evaluated from those features, straight from the
+registry. Features, targets and scores are ``jax.jit``-compiled: one compile per image
+shape. Usage::
+
+    panel = Panel(vgg_params, content_HxWx3, [style_HxWx3], pooling="avg")
+    raw, normalized = panel(output_HxWx3)       # {"style/gram": ..., "content/mse": ...}
+    raw, normalized = distance_panel(vgg_params, output, content, [style])  # one-off
+
+Images are pixel space: float ``H x W x 3`` in [0, 255]; the output has the content
+image's size (as a stylization does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nstjax import image, vgg
+from nstjax.errors import UsageError
+from nstjax.terms import registry
+from nstjax.weights.preprocessing import CAFFE, Preprocessing
+
+GATYS_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+CONTENT_LAYERS = ("relu4_2",)
+CONTENT_KINDS = ("mse", "selfsim")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What the panel computes (static, hashable: it decides the compiled programs).
+
+    ``style`` / ``content``: ``(key, kind, options)`` per distance, ``key`` its name in
+    the result (``style/<kind>`` unless the term string gave ``name=``)."""
+
+    style: tuple[tuple[str, str, tuple], ...]
+    content: tuple[tuple[str, str, tuple], ...]
+    style_layers: tuple[str, ...] = GATYS_LAYERS
+    content_layers: tuple[str, ...] = CONTENT_LAYERS
+    pooling: str = "avg"
+    preprocessing: Preprocessing = CAFFE
+    ceil_mode: bool = True
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.style_layers, *self.content_layers)))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k for k, _, _ in (*self.style, *self.content))
+
+
+def _distances(role: str, kinds: Sequence[str] | None) -> tuple[tuple[str, str, tuple], ...]:
+    """Parses kinds / term strings of ``role`` (None: every registered kind of it)."""
+    names = registry.kinds(role) if kinds is None else tuple(kinds)
+    out = []
+    for text in names:
+        c = registry.parse(text)
+        if registry.get(c.kind).role != role:
+            raise UsageError(f"panel {role} distances: {c.kind!r} is a "
+                             f"{registry.get(c.kind).role} term")  # fmt: skip
+        if c.layers is not None or c.layer_weights is not None or c.weight != 1.0:
+            raise UsageError(f"panel distance {text!r}: layers and weights are the panel's")
+        out.append((c.name or f"{role}/{c.kind}", c.kind, c.options))
+    keys = [k for k, _, _ in out]
+    if len(set(keys)) != len(keys):
+        raise UsageError(f"panel distances must have unique names (use name=), got {keys}")
+    return tuple(out)
+
+
+def make_spec(
+    style_kinds: Sequence[str] | None = None,
+    content_kinds: Sequence[str] | None = CONTENT_KINDS,
+    *,
+    style_layers: Sequence[str] = GATYS_LAYERS,
+    content_layers: Sequence[str] = CONTENT_LAYERS,
+    pooling: str = "avg",
+    preprocessing: Preprocessing = CAFFE,
+    ceil_mode: bool | None = None,
+) -> Spec:
+    """A :class:`Spec`; ``ceil_mode=None``: Caffe's ceil pooling for Caffe weights (as
+    ``pool_rounding="auto"``)."""
+    if pooling not in vgg.POOLINGS:
+        raise UsageError(f"unknown pooling {pooling!r}; use one of {vgg.POOLINGS}")
+    vgg.check_layers(style_layers, "panel style layer")
+    vgg.check_layers(content_layers, "panel content layer")
+    return Spec(
+        _distances("style", style_kinds),
+        _distances("content", content_kinds or ()),
+        tuple(style_layers),
+        tuple(content_layers),
+        pooling,
+        preprocessing,
+        preprocessing == CAFFE if ceil_mode is None else bool(ceil_mode),
+    )
+
+
+# ----------------------------------------------------------------------------- compiled
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _forward(spec: Spec, params, pixels_1xHxWx3, layers: tuple[str, ...]):
+    """One VGG forward: ``{layer: 1 x H' x W' x C}`` for ``layers``."""
+    x = spec.preprocessing.to_network(pixels_1xHxWx3)
+    return vgg.features(params, x, layers, spec.pooling, conv_impl="xla", ceil_mode=spec.ceil_mode)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
+    """``{key: {layer: target}}`` of ``role``'s distances from one image's features."""
+    kinds = spec.style if role == "style" else spec.content
+    layers = spec.style_layers if role == "style" else spec.content_layers
+    out = {}
+    for key, name, options in kinds:
+        kind = registry.get(name)
+        out[key] = {
+            layer: kind.targets(
+                feats[layer],
+                (*vgg.feature_hw(layer, *out_hw, spec.ceil_mode), feats[layer].shape[-1]),
+                **dict(options),
+            )
+            for layer in layers
+        }
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _scores(spec: Spec, feats, style_targets, content_targets, blend, key):
+    """Every distance of one image (its features): ``{key: scalar}``; each the mean
+    over the role's layers. A per-style-image target list blends the losses."""
+    out = {}
+    groups = (
+        ("style", spec.style, spec.style_layers, style_targets),
+        ("content", spec.content, spec.content_layers, content_targets),
+    )
+    for r, (_, kinds, layers, targets) in enumerate(groups):
+        for i, (k, name, options) in enumerate(kinds):
+            kind = registry.get(name)
+            opts = dict(options)
+            k_t = jax.random.fold_in(jax.random.fold_in(key, r), i)
+            total = jnp.float32(0.0)
+            for j, layer in enumerate(layers):
+                k_l = jax.random.fold_in(k_t, j)
+                t = targets[k]
+                if isinstance(t, list):
+                    v = sum(blend[s] * kind.loss(feats[layer], ts[layer], k_l, **opts)[0]
+                            for s, ts in enumerate(t))  # fmt: skip
+                else:
+                    v = kind.loss(feats[layer], t[layer], k_l, **opts)[0]
+                total = total + v
+            out[k] = total / len(layers)
+    return out
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def _pixels(img, what: str) -> np.ndarray:
+    arr = np.asarray(img, np.float32)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise UsageError(f"panel {what} must be an H x W x 3 pixel array, got {arr.shape}")
+    return arr
+
+
+def _floats(d: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items()}
+
+
+class Panel:
+    """The distances of output images to one content image and its style image(s).
+
+    Construction computes, once: the style targets (one forward per style image), the
+    content targets and the content image's own distances (one forward), and the
+    style images' content distances (one forward each, resized to the content's size).
+    Calling the panel on an output costs one forward and the distances.
+
+    Args:
+      vgg_params: VGG19 params (``weights.params``; a Job's ``vgg_params``).
+      content: the content image, pixel space ``H x W x 3`` (the outputs' size).
+      styles: one or several style images (any sizes).
+      blend: the style images' weights (default equal), as ``style_blend``.
+      style_kinds / content_kinds: kinds or term strings (``"mmd_rbf:bandwidth=2"``,
+        ``"gram:norm=chw,name=style/gram_chw"``); ``style_kinds=None``: every style kind
+        registered now.
+      style_layers / content_layers: where the distances are measured (each the mean
+        over its layers).
+      pooling, preprocessing, ceil_mode: the network's, as the run's objective
+        (:meth:`for_objective` takes them from one).
+      seed: the fixed key of the stochastic kinds.
+
+    Attributes:
+      photo: the content image's own distances (its content distances are 0).
+      painting: the style image(s)' distances, each resized to the content's size
+        (blend-weighted).
+      scale: the denominators of :meth:`normalize`: the photo's style distances and the
+        painting's content distances.
+    """
+
+    def __init__(
+        self,
+        vgg_params,
+        content,
+        styles,
+        *,
+        blend: Sequence[float] | None = None,
+        style_kinds: Sequence[str] | None = None,
+        content_kinds: Sequence[str] | None = CONTENT_KINDS,
+        style_layers: Sequence[str] = GATYS_LAYERS,
+        content_layers: Sequence[str] = CONTENT_LAYERS,
+        pooling: str = "avg",
+        preprocessing: Preprocessing = CAFFE,
+        ceil_mode: bool | None = None,
+        seed: int = 0,
+    ):
+        self.spec = make_spec(
+            style_kinds,
+            content_kinds,
+            style_layers=style_layers,
+            content_layers=content_layers,
+            pooling=pooling,
+            preprocessing=preprocessing,
+            ceil_mode=ceil_mode,
+        )
+        if isinstance(styles, np.ndarray) and styles.ndim == 3:
+            styles = [styles]
+        styles = [_pixels(s, "style image") for s in styles]
+        if not styles:
+            raise UsageError("the panel needs at least one style image")
+        from nstjax.settings import blend_weights  # noqa: PLC0415  (settings imports terms)
+
+        self.blend = np.asarray(blend_weights(blend, len(styles)), np.float32)
+        self.params = jax.tree.map(jnp.asarray, vgg_params)
+        self.key = jax.random.PRNGKey(seed)
+        content = _pixels(content, "content image")
+        self.hw = content.shape[:2]
+        spec = self.spec
+        per_style = [
+            _targets(
+                spec, "style", _forward(spec, self.params, s[None], spec.style_layers), self.hw
+            )  # fmt: skip
+            for s in styles
+        ]
+        self.style_targets = {}
+        for k, name, _ in spec.style:
+            kind = registry.get(name)
+            if kind.blend is None or len(styles) == 1:
+                ts = [p[k] for p in per_style]
+                self.style_targets[k] = ts if len(ts) > 1 else ts[0]
+            else:
+                self.style_targets[k] = {
+                    layer: kind.blend(
+                        [np.asarray(p[k][layer]) for p in per_style], list(self.blend)
+                    )  # fmt: skip
+                    for layer in spec.style_layers
+                }
+        feats = _forward(spec, self.params, content[None], spec.layers)
+        self.content_targets = _targets(spec, "content", feats, self.hw)
+        self.photo = self._score(feats)
+        painting = [self.distances(image.resize(s, *self.hw)) for s in styles]
+        self.painting = {
+            k: float(sum(w * p[k] for w, p in zip(self.blend, painting, strict=True)))
+            for k in spec.keys
+        }
+        style_keys = {k for k, _, _ in spec.style}
+        self.scale = {k: self.photo[k] if k in style_keys else self.painting[k] for k in spec.keys}
+
+    @classmethod
+    def for_objective(cls, obj, vgg_params, content, styles, **kwargs) -> Panel:
+        """A panel with an :class:`~nstjax.objective.Objective`'s pooling,
+        preprocessing and pooling rounding (e.g. ``job.program.objective``)."""
+        kwargs.setdefault("pooling", obj.pooling)
+        kwargs.setdefault("preprocessing", obj.preprocessing)
+        kwargs.setdefault("ceil_mode", obj.ceil_mode)
+        return cls(vgg_params, content, styles, **kwargs)
+
+    def _score(self, feats) -> dict[str, float]:
+        return _floats(
+            _scores(
+                self.spec, feats, self.style_targets, self.content_targets, self.blend, self.key
+            )  # fmt: skip
+        )
+
+    def distances(self, output) -> dict[str, float]:
+        """The raw distances of ``output`` (pixel space, the content's size)."""
+        output = _pixels(output, "output image")
+        if output.shape[:2] != tuple(self.hw):
+            raise UsageError(
+                f"panel output is {output.shape[:2]}, the content image {tuple(self.hw)}"
+            )
+        return self._score(_forward(self.spec, self.params, output[None], self.spec.layers))
+
+    def normalize(self, raw: Mapping[str, float]) -> dict[str, float]:
+        """``raw[k] / scale[k]`` (NaN where the scale is 0)."""
+        return {
+            k: (float(v) / self.scale[k]) if self.scale[k] > 0 else float("nan")
+            for k, v in raw.items()
+        }
+
+    def __call__(self, output) -> tuple[dict[str, float], dict[str, float]]:
+        """``(raw, normalized)`` distances of ``output``."""
+        raw = self.distances(output)
+        return raw, self.normalize(raw)
+
+
+def distance_panel(
+    vgg_params, output, content, styles, **kwargs
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``Panel(vgg_params, content, styles, **kwargs)(output)``: raw and normalized
+    distances in one call (build a :class:`Panel` to score many outputs)."""
+    return Panel(vgg_params, content, styles, **kwargs)(output)

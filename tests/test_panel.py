@@ -1,0 +1,119 @@
+"""The distance panel (nstjax.panel) on the real VGG19 and images, and its heat map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import nstjax
+from nstjax import image, monitor, panel, report
+from nstjax.errors import UsageError
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def pics(images):
+    content = image.load(images / "tubingen.jpg", long_side=SIZE)
+    style = image.load(images / "starry_night.jpg", long_side=40)  # another size
+    return content, style
+
+
+@pytest.fixture(scope="module")
+def the_panel(real_weights, pics):
+    content, style = pics
+    return panel.Panel(real_weights.params, content, [style])
+
+
+def test_the_photo_scores_one_on_style_and_zero_on_content(the_panel, pics):
+    content, _ = pics
+    raw, normalized = the_panel(content)
+    style_keys = [k for k in raw if k.startswith("style/")]
+    assert {"style/gram", "style/mmd_rbf", "style/sliced_w2", "style/mrf", "style/w2"} <= set(
+        style_keys
+    )
+    assert set(raw) - set(style_keys) == {"content/mse", "content/selfsim"}
+    for k in style_keys:  # same image, same fixed key: the photo's own value exactly
+        assert raw[k] > 0 and normalized[k] == pytest.approx(1.0, rel=1e-6), k
+    assert raw["content/mse"] == 0.0 and abs(raw["content/selfsim"]) < 1e-6
+    assert normalized["content/mse"] == 0.0 and abs(normalized["content/selfsim"]) < 1e-4
+    # the painting itself: closer in style, as far as it gets in content (1.0 by definition)
+    painting = the_panel.normalize(the_panel.painting)
+    assert all(painting[k] < 1.0 for k in style_keys)
+    assert painting["content/mse"] == pytest.approx(1.0)
+
+
+def test_one_forward_per_image_and_one_compile_per_shape(the_panel, pics, monkeypatch):
+    content, _ = pics
+    calls = []
+    forward = panel._forward
+    monkeypatch.setattr(panel, "_forward", lambda *a: calls.append(a[3]) or forward(*a))
+    rng = np.random.default_rng(0)
+    with monitor.count_compiles() as compiles:
+        for _ in range(2):
+            the_panel(np.clip(content + rng.normal(0, 20, content.shape), 0, 255))
+    assert compiles.count == 0  # compiled for this shape when the panel was built
+    assert calls == [the_panel.spec.layers] * 2  # one forward, the union of the layers
+    with pytest.raises(UsageError, match="content image"):
+        the_panel(content[:-2])
+
+
+@pytest.mark.parametrize("term", ["gram", "sliced_w2"])
+def test_a_stylized_image_is_closer_in_its_term(term, the_panel, pics, real_weights):
+    content, style = pics
+    out, _ = nstjax.stylize(
+        content,
+        style,
+        weights=real_weights,
+        style_loss=(term,),
+        content_weight=0.0,
+        style_layers=panel.GATYS_LAYERS,
+        content_layers=("relu4_2",),
+        size=SIZE,
+        steps=20,
+        chunk_size=20,
+        conv_impl="xla",
+    )
+    raw, normalized = the_panel(np.asarray(out, np.float32))
+    assert normalized[f"style/{term}"] < 0.75, normalized  # the photo: 1.0
+    assert normalized["content/mse"] > 0
+
+
+def test_options_objective_and_errors(real_weights, pics):
+    content, style = pics
+    obj = nstjax.Objective(
+        (nstjax.Term("gram", "style/gram", ("relu1_1",)),), pooling="max", conv_impl="xla"
+    )
+    p = panel.Panel.for_objective(
+        obj,
+        real_weights.params,
+        content,
+        [style, style[:30]],
+        blend=[0.25, 0.75],
+        style_kinds=("gram", "mmd_rbf:bandwidth=2,name=style/rbf2", "meanstd"),
+        content_kinds=("mse",),
+        style_layers=("relu1_1", "relu2_1"),
+    )
+    assert p.spec.pooling == "max" and not p.spec.ceil_mode
+    raw, normalized = p(content)
+    assert set(raw) == {"style/gram", "style/rbf2", "style/meanstd", "content/mse"}
+    assert all(normalized[k] == pytest.approx(1.0, rel=1e-6) for k in raw if k != "content/mse")
+    with pytest.raises(UsageError, match="layers and weights"):
+        panel.make_spec(("gram:layers=relu1_1",))
+    with pytest.raises(UsageError, match="content term"):
+        panel.make_spec(("mse",))
+
+
+def test_panel_heatmap(tmp_path):
+    rows = {
+        "gram": {"style/gram": 0.05, "style/w2": 0.4, "content/mse": 0.3},
+        "w2": {"style/gram": 0.2, "style/w2": 0.02, "content/selfsim": 0.5},
+        "photo": {"style/gram": 1.0, "style/w2": 1.0, "content/mse": 0.0},
+    }
+    path = report.panel_heatmap(tmp_path / "panel.png", rows, title="test")
+    assert path == tmp_path / "panel.png" and not list(tmp_path.glob(".*.tmp"))
+    with Image.open(path) as im:
+        assert im.size[0] > 200 and im.size[1] > 100
+    with pytest.raises(UsageError):
+        report.panel_heatmap(tmp_path / "empty.png", {})
