@@ -61,6 +61,24 @@ class Job:
     tag: Any = None
     content_rgb: np.ndarray | None = None  # luminance-only transfer: for its I and Q
     memory_estimate: dict | None = None  # nstjax.memory.estimate of the run
+    images: tuple = ()  # (content HxWx3, [styles], blend): pixel space, as loaded
+
+    def panel(self, output_HxWx3: np.ndarray, cache: dict | None = None) -> dict | None:
+        """The distance panel of an output (``nstjax.panel``), or None when switched off.
+        ``cache`` shares the panel (its targets and compiled programs) between jobs."""
+        if self.settings.panel != "on" or not self.images:
+            return None
+        from nstjax import panel as panel_lib  # noqa: PLC0415
+
+        content, styles, blend = self.images
+        key = (id(content), tuple(id(s) for s in styles), tuple(blend), self.program.objective)
+        cache = {} if cache is None else cache
+        if key not in cache:
+            cache[key] = panel_lib.Panel.for_objective(
+                self.program.objective, self.vgg_params, content, styles, blend=blend
+            )
+        raw, normalized = cache[key](np.asarray(output_HxWx3, np.float32))
+        return {"raw": raw, "normalized": normalized}
 
     def finish(self, image_HxWxC: np.ndarray) -> np.ndarray:
         """The optimized image as RGB pixels (luminance-only: recombined with the
@@ -291,6 +309,7 @@ def build_job(
     content_img = images.get(content, settings.size)
     style_side = max(1, round(settings.size * settings.style_scale))
     style_imgs = [images.get(s, style_side) for s in styles]
+    loaded = (content_img, list(style_imgs), list(blend))
     content_rgb = None
     if settings.preserve_color != "none":
         content_img, style_imgs, content_rgb = _color(settings, content_img, style_imgs)
@@ -362,5 +381,5 @@ def build_job(
     key = np.asarray(jax.random.PRNGKey(settings.seed), np.uint32)
     return Job(
         program, init[None], run, key, settings, weights.info, weights.params, tag, content_rgb,
-        estimate,
+        estimate, loaded,
     )  # fmt: skip

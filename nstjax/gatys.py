@@ -60,7 +60,14 @@ def optimize(
         raise NstError(f"{outcome.error}; try a smaller --lr")
     m = engine.metrics(outcome)
     m["loop"] = resolve_loop(job.program.loop)
-    return job.finish(outcome.image_HxWx3), m
+    out = job.finish(outcome.image_HxWx3)
+    m["panel"] = job.panel(_written(out))
+    return out, m
+
+
+def _written(image_HxWx3: np.ndarray) -> np.ndarray:
+    """The image as it is saved (8-bit), as float pixels."""
+    return image.to_uint8(image_HxWx3).astype(np.float32)
 
 
 def intermediate_path(output: Path, step: int) -> Path:
@@ -169,7 +176,9 @@ def _pyramid(settings: Settings, content, styles, weights, out_path, writer):
 
     outcome, m = pyramid.run(settings, content, styles, weights, on_chunk)
     m["loop"] = resolve_loop(settings.loop)
-    return outcome.job.finish(outcome.image_HxWx3), m
+    out = outcome.job.finish(outcome.image_HxWx3)
+    m["panel"] = outcome.job.panel(_written(out))
+    return out, m
 
 
 def _saver(job: Job, out_path: Path | None):

@@ -57,6 +57,7 @@ def _row(v: sweep.Variant, m: dict) -> dict:
         "seconds": m.get("seconds"),
         "steps": m.get("steps"),
         "group": m.get("group"),
+        **{f"panel/{k}": v for k, v in ((m.get("panel") or {}).get("normalized") or {}).items()},
     }
 
 
@@ -109,6 +110,7 @@ def run(
     failed = programs = ran = 0
     batch_size = int(config.batch_size)
     live: dict = {}  # per-variant live writers, opened at a variant's first chunk
+    panels: dict = {}  # distance panels, one per content/styles/objective
     with monitor.count_compiles() as compiles:
         try:
             for gi, group in enumerate(groups):
@@ -139,6 +141,8 @@ def run(
                         if outcome.image_HxWx3 is None
                         else outcome.job.finish(outcome.image_HxWx3)
                     )
+                    if img is not None:  # the distance panel of the written image
+                        m["panel"] = outcome.job.panel(_written(img), panels)
                     _write_variant(workdir, v, img, m)
                     claims.release(v.name)
                     programs += outcome.programs
@@ -258,7 +262,13 @@ def _run_pyramid(workdir: Path, item: _PyramidVariant, config, group: int, bar, 
     finally:
         live.close()
     img = None if outcome.image_HxWx3 is None else outcome.job.finish(outcome.image_HxWx3)
+    if img is not None:
+        m["panel"] = outcome.job.panel(_written(img))
     return _write_variant(workdir, v, img, _variant_metrics(v, m, group))
+
+
+def _written(img: np.ndarray) -> np.ndarray:
+    return image.to_uint8(img).astype(np.float32)
 
 
 def _live_writer(workdir: Path, v: sweep.Variant, config) -> writers.MetricWriter:
@@ -311,6 +321,13 @@ def _report(config, workdir: Path, variants: list[sweep.Variant]) -> None:
             histories[v.name] = {k: m[k] for k in LOSS_KEYS}
         if (sweep.variant_dir(workdir, v) / "image.png").is_file():
             images[v.name] = sweep.variant_dir(workdir, v) / "image.png"
+    panel_rows = {
+        r["name"]: {k.removeprefix("panel/"): v for k, v in r.items() if k.startswith("panel/")}
+        for r in rows
+    }
+    panel_rows = {k: v for k, v in panel_rows.items() if v}
+    if panel_rows:  # rows: variants (the loss optimized); columns: distances
+        report.panel_heatmap(workdir / "panel.png", panel_rows, title=workdir.name)
     grid = config.get("grid", None)
     report.write_reports(
         workdir,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 from nstjax import conv, terms, vgg
@@ -153,6 +154,13 @@ class Settings:
     )
     weights: str = _field("auto", "VGG19 weights: a source name or a file", "str")
     weights_format: str | None = _field(None, "format of a weights file", "opt_str")
+    panel: str = _field(
+        os.environ.get("NSTJAX_PANEL", "on"),
+        "score the output under every registered distance (metrics 'panel'; the sweep's "
+        "panel.png): on or off (default from NSTJAX_PANEL, else on)",
+        "str",
+        choices=("on", "off"),
+    )
     style_strength: float = _field(1.0, "arbitrary: 0 (content's own style) .. 1", "float",
                                    ARBITRARY)  # fmt: skip
 

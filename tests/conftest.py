@@ -15,6 +15,9 @@ from pathlib import Path
 # The suite runs as an entry point would (XLA flags, malloc), without the persistent
 # compilation cache (tests count compilations; tests/test_compile_cache.py turns it on).
 os.environ.setdefault("NSTJAX_COMPILE_CACHE", "0")
+# The distance panel compiles every registered distance (tens of seconds per image shape
+# without the cache): off by default here; tests/test_panel_runs.py turns it on.
+os.environ.setdefault("NSTJAX_PANEL", "off")
 import nstjax  # noqa: E402
 
 nstjax.setup()
