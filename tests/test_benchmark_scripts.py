@@ -133,7 +133,9 @@ def test_wall_vs_pastiche_arguments_and_rules(tmp_path):
     code = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
     row = w.run_child([sys.executable, "-c", code], dict(os.environ), tmp_path / "log", 60)
     assert row["rc"] == 0 and not row["timed_out"] and row["wall_s"] > 0
-    assert 300 < row["peak_rss_mib"] < 1000
+    # ru_maxrss also counts the pages the child shared with this (large) pytest process
+    # between fork and exec; the benchmark forks from a small parent
+    assert 300 < row["peak_rss_mib"] < 3000
     row = w.run_child([sys.executable, "-c", "raise SystemExit(3)"], {}, tmp_path / "log", 60)
     assert row["rc"] == 3
     row = w.run_child([sys.executable, "-c", "import time; time.sleep(30)"], {}, tmp_path / "l", 1)
