@@ -42,6 +42,7 @@ import numpy as np
 
 from nstjax import image, vgg
 from nstjax.errors import UsageError
+from nstjax.settings import blend_weights
 from nstjax.terms import registry
 from nstjax.weights.preprocessing import CAFFE, Preprocessing
 
@@ -250,8 +251,6 @@ class Panel:
         styles = [_pixels(s, "style image") for s in styles]
         if not styles:
             raise UsageError("the panel needs at least one style image")
-        from nstjax.settings import blend_weights  # noqa: PLC0415  (settings imports terms)
-
         self.blend = np.asarray(blend_weights(blend, len(styles)), np.float32)
         self.params = jax.tree.map(jnp.asarray, vgg_params)
         self.key = jax.random.PRNGKey(seed)

