@@ -324,7 +324,10 @@ def w2_loss(feat_BxHxWxC, target, key, eps):
     when a layer has fewer positions than channels: same non-zero eigenvalues), with
     the gradient of :func:`trace_sqrt_psd` (eigenvalues clamped at ``eps * max``).
     Exact; O(M C min(M, C) + min(M, C)^3): about a Gram's cost plus an eigh of at most
-    C x C per layer (~40 ms at 512 on a 2-core CPU).
+    C x C per layer (~40 ms at 512 on a 2-core CPU). On CPU that eigh is LAPACK's
+    (OpenBLAS, through jaxlib): run with ``OPENBLAS_NUM_THREADS=1``, or OpenBLAS's
+    threads contend with XLA's and a step can stall for seconds
+    (benchmarks/terms_speed.py).
     """
     del key
     x = flat(feat_BxHxWxC)
