@@ -58,16 +58,9 @@ def step(obj: objective.Objective, opt: optimizers.OptimizerSpec, state: dict, c
 
 def batched_step(obj, opt, state: dict, ctx: dict):
     """:func:`step` ``vmap``-ed over a leading "runs" axis of ``state`` and ``ctx["runs"]``
-    (``ctx`` = ``{"vgg": params (shared), "runs": {targets, weights, lr}}``).
-
-    A batch of one run is not ``vmap``-ed but indexed: the same function, and on XLA:CPU
-    a single run's step measured ~2x faster at 64x64 without the extra batch dimension
-    in the Winograd products and the L-BFGS dots.
-    """
-    if state["step"].shape[0] == 1:
-        one = jax.tree.map(lambda x: x[0], (state, ctx["runs"]))
-        new, rec = step(obj, opt, one[0], {"vgg": ctx["vgg"], **one[1]})
-        return jax.tree.map(lambda x: x[None], (new, rec))
+    (``ctx`` = ``{"vgg": params (shared), "runs": {targets, weights, lr}}``). A single run
+    is a batch of one: indexing it out instead made XLA copy the L-BFGS history every
+    step (+370 MB of temporaries at 256x256), so it is ``vmap``-ed like any batch."""
     return jax.vmap(lambda s, r: step(obj, opt, s, {"vgg": ctx["vgg"], **r}))(state, ctx["runs"])
 
 
