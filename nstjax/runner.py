@@ -327,7 +327,9 @@ def _report(config, workdir: Path, variants: list[sweep.Variant]) -> None:
     }
     panel_rows = {k: v for k, v in panel_rows.items() if v}
     if panel_rows:  # rows: variants (the loss optimized); columns: distances
-        report.panel_heatmap(workdir / "panel.png", panel_rows, title=workdir.name)
+        from nstjax import panel_report  # noqa: PLC0415  (matplotlib: only when reporting)
+
+        panel_report.panel_heatmap(workdir / "panel.png", panel_rows, title=workdir.name)
     grid = config.get("grid", None)
     report.write_reports(
         workdir,

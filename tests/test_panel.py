@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import nstjax
-from nstjax import image, monitor, panel, report
+from nstjax import image, monitor, panel, panel_report
 from nstjax.errors import UsageError
 
 SIZE = 32
@@ -111,9 +111,9 @@ def test_panel_heatmap(tmp_path):
         "w2": {"style/gram": 0.2, "style/w2": 0.02, "content/selfsim": 0.5},
         "photo": {"style/gram": 1.0, "style/w2": 1.0, "content/mse": 0.0},
     }
-    path = report.panel_heatmap(tmp_path / "panel.png", rows, title="test")
+    path = panel_report.panel_heatmap(tmp_path / "panel.png", rows, title="test")
     assert path == tmp_path / "panel.png" and not list(tmp_path.glob(".*.tmp"))
     with Image.open(path) as im:
         assert im.size[0] > 200 and im.size[1] > 100
     with pytest.raises(UsageError):
-        report.panel_heatmap(tmp_path / "empty.png", {})
+        panel_report.panel_heatmap(tmp_path / "empty.png", {})
