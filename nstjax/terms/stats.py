@@ -10,7 +10,8 @@ layer, ``M`` of them, ``y`` the style image's, ``M_s``; ``C`` channels):
 * ``w2``         Wasserstein-2 distance between Gaussians fitted to x and y (mean and
   covariance; Kolkin et al. 2019's moments, crowsonkb's StyleLossW2);
 * ``sliced_w2``  sliced Wasserstein-2 along random directions (Heitz et al. 2021);
-* ``hist``       per-channel histogram matching (Risser et al. 2017).
+* (``hist``, per-channel histogram matching, Risser et al. 2017, is in
+  :mod:`nstjax.terms.hist`.)
 
 References:
 
@@ -38,105 +39,20 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from nstjax.errors import UsageError
+from nstjax.terms.common import (  # noqa: F401  (re-exported: patches, hist, tests)
+    STD_EPS,
+    _linear_blend,
+    _mean_cov,
+    _sort_key,
+    bounds,
+    flat,
+    gather_positions,
+    resample_sorted,
+    sample_positions,
+    sort_nograd,
+)
 from nstjax.terms.registry import register
-
-STD_EPS = 1e-8
-"""``sigma = sqrt(var + STD_EPS)``: keeps d sigma / d x finite for a constant channel."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def flat(feat_BxHxWxC: jax.Array) -> jax.Array:
-    """``BxHxWxC`` -> ``BxMxC`` (M = H*W positions)."""
-    b, h, w, c = feat_BxHxWxC.shape
-    return feat_BxHxWxC.reshape(b, h * w, c)
-
-
-def sample_positions(key: jax.Array, n: int, samples: int) -> jax.Array | None:
-    """Indices of ``samples`` distinct positions out of ``n``, uniformly at random from
-    ``key`` (a prefix of a random permutation); None when ``n <= samples``: use all
-    positions (then the term is deterministic). ``n`` and ``samples`` are static."""
-    if n <= samples:
-        return None
-    return jax.random.permutation(key, n)[:samples]
-
-
-def gather_positions(x_BxMxC: jax.Array, idx: jax.Array | None) -> jax.Array:
-    """The rows ``idx`` of every batch element (all rows when ``idx`` is None)."""
-    return x_BxMxC if idx is None else jnp.take(x_BxMxC, idx, axis=1)
-
-
-def _sort_key(x: jax.Array) -> jax.Array:
-    """float32 -> int32 with the same order (and back: the map is an involution)."""
-    i = lax.bitcast_convert_type(x, jnp.int32)
-    return i ^ ((i >> 31) & jnp.int32(0x7FFFFFFF))
-
-
-def sort_nograd(x: jax.Array) -> jax.Array:
-    """``sort(x, axis=-1)`` for values that need no gradient (targets, style side).
-
-    Sorts the order-preserving int32 image of the floats: on XLA:CPU an int32 sort is
-    ~5x faster than a float32 one (which orders NaNs and signed zeros totally)."""
-    k = lax.sort(_sort_key(lax.stop_gradient(x)), dimension=x.ndim - 1)
-    return lax.bitcast_convert_type(_sort_key(lax.bitcast_convert_type(k, jnp.float32)),
-                                    jnp.float32)  # fmt: skip
-
-
-def resample_sorted(sorted_yxN: jax.Array, m: int) -> jax.Array:
-    """Empirical quantiles of sorted samples (last axis, ``N`` of them) at ``m`` levels.
-
-    The quantile function interpolates linearly between the plotting positions
-    ``(k + 1/2) / N`` and is evaluated at ``(i + 1/2) / m``, i = 0..m-1 (clamped at the
-    ends); for ``m == N`` it returns the samples themselves.
-    """
-    n = sorted_yxN.shape[-1]
-    if n == m:
-        return sorted_yxN
-    t = jnp.clip((jnp.arange(m, dtype=jnp.float32) + 0.5) * (n / m) - 0.5, 0.0, n - 1.0)
-    i0 = jnp.floor(t).astype(jnp.int32)
-    i1 = jnp.minimum(i0 + 1, n - 1)
-    w = t - i0
-    return sorted_yxN[..., i0] * (1.0 - w) + sorted_yxN[..., i1] * w
-
-
-def _mean_cov(x_MxC: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean and biased covariance (1/M) of the rows, centered first (two passes)."""
-    mean = x_MxC.mean(axis=0)
-    xc = x_MxC - mean
-    return mean, jnp.einsum("mc,md->cd", xc, xc, preferred_element_type=jnp.float32) / (
-        x_MxC.shape[0]
-    )
-
-
-def _linear_blend(targets, weights):
-    """Several style images as one *mixture* distribution: its expectations (means,
-    second moments) are the weighted sums of the images' own."""
-    total = None
-    for t, w in zip(targets, weights, strict=True):
-        total = t * w if total is None else total + t * w
-    return total
-
-
-def bounds(at_least: dict | None = None, above: dict | None = None):
-    """A ``check`` function: option ``name`` must be >= ``at_least[name]`` / >
-    ``above[name]``."""
-
-    def check(**options):
-        for name, low in (at_least or {}).items():
-            if not options[name] >= low:
-                raise UsageError(f"option {name} must be >= {low}, got {options[name]}")
-        for name, low in (above or {}).items():
-            if not options[name] > low:
-                raise UsageError(f"option {name} must be > {low}, got {options[name]}")
-
-    return check
-
-
-# --------------------------------------------------------------------------- meanstd
 
 
 def _meanstd_targets(feat_1xHxWxC, out_shape):
@@ -400,71 +316,6 @@ def sliced_w2_loss(feat_BxHxWxC, y_MsxC, key, directions, samples):
 # --------------------------------------------------------------------------- hist
 
 
-def _hist_targets(feat_1xHxWxC, out_shape, bins):
-    """Each channel's sorted style values, ``C x M_s`` (its empirical quantiles)."""
-    del out_shape, bins
-    return sort_nograd(flat(feat_1xHxWxC)[0].T)
-
-
-def hist_remap(o_CxM: jax.Array, sorted_style_CxMs: jax.Array, bins: int) -> jax.Array:
-    """Histogram matching of each row of ``o`` to the style's distribution::
-
-        R(o) = Q_y(F_o(o))
-
-    F_o: the row's cumulative histogram with ``bins`` equal bins over [min, max],
-    linear within each bin (a continuous, monotone CDF); Q_y: the style's empirical
-    quantile function (sorted values at plotting positions (k + 1/2)/M_s, linear in
-    between, clamped at the ends). A constant row maps to the style's median.
-    O(M) per row (a histogram and two gathers): no sort of the output.
-    """
-    c, m = o_CxM.shape
-    ms = sorted_style_CxMs.shape[-1]
-    lo = o_CxM.min(axis=1, keepdims=True)
-    hi = o_CxM.max(axis=1, keepdims=True)
-    flat_range = hi <= lo
-    width = jnp.where(flat_range, 1.0, (hi - lo) / bins)
-    pos = (o_CxM - lo) / width
-    b = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, bins - 1)
-    frac = jnp.where(flat_range, 0.5, jnp.clip(pos - b, 0.0, 1.0))
-    rows = lax.broadcasted_iota(jnp.int32, (c, m), 0)
-    counts = jnp.bincount((b + bins * rows).reshape(-1), length=c * bins).reshape(c, bins)
-    p = counts.astype(jnp.float32) / m
-    left = jnp.cumsum(p, axis=1) - p
-    u = jnp.take_along_axis(left, b, axis=1) + frac * jnp.take_along_axis(p, b, axis=1)
-    t = jnp.clip(u * ms - 0.5, 0.0, ms - 1.0)
-    i0 = jnp.floor(t).astype(jnp.int32)
-    i1 = jnp.minimum(i0 + 1, ms - 1)
-    w = t - i0
-    q0 = jnp.take_along_axis(sorted_style_CxMs, i0, axis=1)
-    q1 = jnp.take_along_axis(sorted_style_CxMs, i1, axis=1)
-    return q0 * (1.0 - w) + q1 * w
-
-
-def hist_loss(feat_BxHxWxC, sorted_style_CxMs, key, bins):
-    """Histogram loss (Risser et al. 2017, eq. 3)::
-
-        E = 1/(C M) sum_c ||O_c - R(O_c)||^2,   R = histogram matching (:func:`hist_remap`)
-
-    with no gradient through R (the paper treats the remapped activations as a
-    constant target): dE/dO = 2 (O - R(O)) / (C M). Risser et al. use 256 bins. The
-    remap is exact-quantile on the style side (sorted once per run) and binned on the
-    output side, so a step costs O(M C) with no sort, at every position. With exact
-    ranks instead of bins (bins -> infinity) E is the mean over channels of the 1-D W2^2
-    between output and style values.
-    """
-    del key
-    x = flat(feat_BxHxWxC)
-
-    def one(xi):
-        o = xi.T
-        r = lax.stop_gradient(hist_remap(lax.stop_gradient(o), sorted_style_CxMs, bins))
-        return jnp.mean(jnp.square(o - r))
-
-    return jax.vmap(one)(x)
-
-
-# --------------------------------------------------------------------------- registry
-
 register(
     "meanstd",
     role="style",
@@ -522,14 +373,4 @@ register(
     check=bounds(at_least={"directions": 1, "samples": 1}),
     doc="sliced W2: mean over random unit directions of the 1-D W2^2 of sorted projections "
     "(Heitz et al. 2021, CVPR)",
-)
-register(
-    "hist",
-    role="style",
-    targets=_hist_targets,
-    loss=hist_loss,
-    options={"bins": 256},
-    check=bounds(at_least={"bins": 2}),
-    doc="1/(CM) ||O - R(O)||^2, R: per-channel histogram matching to the style, no gradient "
-    "through R (Risser et al. 2017)",
 )
