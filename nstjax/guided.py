@@ -8,37 +8,11 @@ side is in :func:`nstjax.objective.loss` (``masked_loss`` per region).
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from nstjax import masks as masks_lib
 from nstjax.errors import UsageError
-from nstjax.objective import Objective, _features, feature_hw, one_off
-from nstjax.terms import registry
-
-
-def _masked_style_targets(obj: Objective, vgg_params, x_1xHxWx3, layer_masks, out_hw):
-    """Guided targets of the style terms from one style image and its layer masks."""
-    idx = obj.role_terms("style")
-    layers = tuple(dict.fromkeys(layer for i in idx for layer in obj.terms[i].layers))
-    feats = _features(obj, vgg_params, x_1xHxWx3, layers)
-    out = {}
-    for i in idx:
-        t = obj.terms[i]
-        kind = registry.get(t.kind)
-        out[i] = {
-            layer: kind.masked_targets(
-                feats[layer],
-                layer_masks[layer],
-                (*feature_hw(layer, out_hw, obj.ceil_mode), feats[layer].shape[-1]),
-                **t.option_dict(),
-            )
-            for layer in t.layers
-        }
-    return out
-
-
-_masked_style_targets_jit = jax.jit(_masked_style_targets, static_argnums=(0, 4))
+from nstjax.objective import Objective, _reference_targets_jit, one_off
 
 
 def _region_targets(obj, vgg_params, out_hw, styles, masks, style_masks) -> dict:
@@ -61,7 +35,9 @@ def _region_targets(obj, vgg_params, out_hw, styles, masks, style_masks) -> dict
         sm = np.ones(hw, np.float32) if sm is None else sm
         lm = masks_lib.layer_masks(sm, layers, obj.mask_mode, obj.ceil_mode)
         x = np.asarray(style, np.float32)[None]
-        per_region.append(_masked_style_targets_jit(obj, vgg_params, x, lm, out_hw))
+        per_region.append(
+            _reference_targets_jit(obj, obj.role_terms("style"), vgg_params, x, out_hw, lm)
+        )
     return {
         i: {"regions": [p[i] for p in per_region], "masks": stacked}
         for i in obj.role_terms("style")

@@ -192,22 +192,26 @@ def feature_hw(layer: str, hw: tuple[int, int], ceil_mode: bool = False) -> tupl
     return vgg.feature_hw(layer, hw[0], hw[1], ceil_mode)
 
 
-def _reference_targets(obj: Objective, idx: tuple, vgg_params, x_1xHxWx3, out_hw):
-    """Targets of terms ``idx`` from one reference image: ``{term index: {layer: t}}``."""
+def _reference_targets(obj: Objective, idx: tuple, vgg_params, x_1xHxWx3, out_hw,
+                       layer_masks=None):  # fmt: skip
+    """Targets of terms ``idx`` from one reference image: ``{term index: {layer: t}}``.
+    With ``layer_masks`` (``{layer: H' x W'}``, spatial control), the kinds'
+    ``masked_targets`` instead of ``targets``."""
     layers = tuple(dict.fromkeys(layer for i in idx for layer in obj.terms[i].layers))
     feats = _features(obj, vgg_params, x_1xHxWx3, layers)
     out = {}
     for i in idx:
         t = obj.terms[i]
         kind = registry.get(t.kind)
-        out[i] = {
-            layer: kind.targets(
-                feats[layer],
-                (*feature_hw(layer, out_hw, obj.ceil_mode), feats[layer].shape[-1]),
-                **t.option_dict(),
-            )
-            for layer in t.layers
-        }
+        out[i] = {}
+        for layer in t.layers:
+            shape = (*feature_hw(layer, out_hw, obj.ceil_mode), feats[layer].shape[-1])
+            if layer_masks is None:
+                out[i][layer] = kind.targets(feats[layer], shape, **t.option_dict())
+            else:
+                out[i][layer] = kind.masked_targets(
+                    feats[layer], layer_masks[layer], shape, **t.option_dict()
+                )
     return out
 
 
