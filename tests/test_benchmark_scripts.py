@@ -89,8 +89,10 @@ def test_gpu_suite_dry_run(tmp_path, bench_env):
             assert _positive(a[key]), (key, a)
         assert a["total"] == a["argument"] + a["output"] - a["alias"] + a["temp"]
         assert _positive(r["xla_total_bytes_per_pixel"])
-    # the image's buffers grow with its pixels
-    assert mem[1]["step"]["analysis"]["temp"] > mem[0]["step"]["analysis"]["temp"]
+    # the image's own buffers (the arguments: image + optimizer state) grow with
+    # its pixels. XLA's temp at these tiny sizes is not monotonic: the CPU's
+    # conv algorithm choice (AVX-512 or not) changes its scratch space.
+    assert mem[1]["step"]["analysis"]["argument"] > mem[0]["step"]["analysis"]["argument"]
 
     sweep = s["sweep"]
     assert set(sweep["single"]) == {f"single_row{r}" for r in range(5)}
