@@ -45,6 +45,7 @@ class Program:
     chunk_size: int
     save_every: int
     loop: str
+    tile: int = 0  # tiled gradients (nstjax.tiles): core size in px, 0 = off
 
 
 @dataclasses.dataclass
@@ -183,29 +184,16 @@ def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequenc
     return image.load(Path(settings.init), size=(h, w))
 
 
-def _fit_memory(settings: Settings, obj, hw, luminance: bool):
-    """Refuses a run that cannot fit (nstjax.memory); applies ``--remat``."""
-    from nstjax import memory  # noqa: PLC0415
+def program_for(settings: Settings, obj, hw: tuple[int, int] | None = None) -> Program:
+    """The static program of a run. Tiles only where the image exceeds one tile."""
+    tile = settings.tile if hw is None or max(hw) > settings.tile else 0
+    if tile:
+        from nstjax import tiles  # noqa: PLC0415
 
-    deepest = max(obj.layers, key=lambda name: vgg.LAYER_INDEX[name])
-    lbfgs = settings.optimizer == "lbfgs"
-    e = memory.estimate(hw[0], hw[1], deepest, 1 if luminance else 3, settings.memory_size,
-                        lbfgs, obj.conv_impl != "xla")  # fmt: skip
-    avail = memory.available_bytes()
-    if avail is not None and e["total"] > avail:
-        hint = []
-        if lbfgs and settings.memory_size > 10:
-            short = memory.estimate(hw[0], hw[1], deepest, 3, 10, True, obj.conv_impl != "xla")
-            hint.append(f"--memory-size 10 ({memory.gib(short['total'])}; the "
-                        f"{settings.memory_size} L-BFGS pairs take "
-                        f"{memory.gib(e['lbfgs_history'])})")  # fmt: skip
-        hint += ["a smaller --size", "a coarse-to-fine --scales schedule ending lower"]
-        raise UsageError(
-            f"a {hw[1]}x{hw[0]} run needs an estimated {memory.gib(e['total'])} of memory "
-            f"and {memory.gib(avail)} is available; options: {', '.join(hint)}"
-        )
-    e["available"] = avail
-    return dataclasses.replace(obj, remat=settings.remat == "on"), e
+        tiles.supported(obj)
+    opt = OptimizerSpec(settings.optimizer, settings.memory_size, line_search=settings.line_search)
+    return Program(obj, opt, settings.steps, settings.chunk_size, settings.save_every,
+                   settings.loop, tile)  # fmt: skip
 
 
 def upsample(image_HxWxC: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -315,7 +303,10 @@ def build_job(
         content_img, style_imgs, content_rgb = _color(settings, content_img, style_imgs)
     obj, configs = objective_for(settings, weights.preprocessing)
     check_size(obj, content_img.shape[:2], "content image", settings.size)
-    obj, estimate = _fit_memory(settings, obj, content_img.shape[:2], content_rgb is not None)
+    from nstjax import memory  # noqa: PLC0415
+
+    estimate = memory.fit(settings, obj, content_img.shape[:2], content_rgb is not None)
+    obj = dataclasses.replace(obj, remat=settings.remat == "on")
     for s_img in style_imgs:
         check_size(obj, s_img.shape[:2], "style image", style_side)
     region, style_region = _masks(settings, content_img, style_imgs, masks, style_masks)
@@ -364,14 +355,7 @@ def build_job(
         term_layer_weights=[c.layer_weights for c in configs],
         blend=blend,
     )
-    program = Program(
-        obj,
-        OptimizerSpec(settings.optimizer, settings.memory_size, line_search=settings.line_search),
-        settings.steps,
-        settings.chunk_size,
-        settings.save_every,
-        settings.loop,
-    )
+    program = program_for(settings, obj, content_img.shape[:2])
     run = {
         "targets": targets,
         "weights": loss_weights,

@@ -122,7 +122,7 @@ def run_group(
             vgg_params = jax.device_put(jax.tree.map(jnp.asarray, jobs[0].vgg_params), replicated)
             prepared = vgg.prepare_params_jit(
                 vgg_params,
-                batch[0].init_1xHxWx3.shape,
+                conv_shape(p, batch[0].init_1xHxWx3.shape),
                 p.objective.layers,
                 p.objective.conv_impl,
                 ceil_mode=p.objective.ceil_mode,
@@ -134,7 +134,7 @@ def run_group(
         programs = 0
         if runner is None:
             with monitor.count_compiles() as compiles:
-                runner = optim.ChunkRunner(p.objective, p.opt, p.chunk_size, p.loop, state, ctx)
+                runner = make_runner(p, state, ctx)
             compile_seconds, programs = runner.compile_seconds, compiles.events
         t0 = time.perf_counter()
         history = np.zeros((size, len(p.objective.record_keys), 0), np.float32)
@@ -151,7 +151,10 @@ def run_group(
                 on_chunk(batch[:real], history.shape[2], rec[:real], state)
         jax.block_until_ready(state["image"])
         seconds = time.perf_counter() - t0  # the steps alone
-        final = np.asarray(optim.final_losses_jit(p.objective, state["avg"], keys_R, ctx))
+        if p.tile:  # the final image's losses tile by tile too
+            final = runner.final_losses(state["avg"], ctx)
+        else:
+            final = np.asarray(optim.final_losses_jit(p.objective, state["avg"], keys_R, ctx))
         images_R = np.asarray(state["avg"])[:, 0]
         for i, job in enumerate(batch[:real]):
             error = None
@@ -173,6 +176,26 @@ def run_group(
                 programs,
             )
             compile_seconds, programs = 0.0, 0  # charged to the group's first job
+
+
+def conv_shape(p, shape_1xHxWxC: tuple) -> tuple:
+    """The image shape the convolutions see: the whole image, or a whole tile."""
+    if not p.tile:
+        return tuple(shape_1xHxWxC)
+    b, h, w, c = shape_1xHxWxC
+    halo = vgg.halo(p.objective.layers)
+    return (b, min(h, p.tile + 2 * halo), min(w, p.tile + 2 * halo), c)
+
+
+def make_runner(p, state: dict, ctx: dict, chunk_size: int | None = None, loop: str | None = None):
+    """The compiled step of program ``p``: whole images (:class:`optim.ChunkRunner`) or
+    tile by tile (:class:`nstjax.tiles.TiledRunner`, when ``p.tile``)."""
+    if p.tile:
+        from nstjax import tiles  # noqa: PLC0415
+
+        return tiles.TiledRunner(p.objective, p.opt, p.tile, state, ctx)
+    return optim.ChunkRunner(p.objective, p.opt, chunk_size or p.chunk_size, loop or p.loop,
+                             state, ctx)  # fmt: skip
 
 
 def metrics(o: Outcome) -> dict:
@@ -219,11 +242,10 @@ def single_runner(job: Job, chunk_size: int | None = None, loop: str | None = No
     )
     prepared = vgg.prepare_params_jit(
         jax.tree.map(jnp.asarray, job.vgg_params),
-        job.init_1xHxWx3.shape,
+        conv_shape(p, job.init_1xHxWx3.shape),
         obj.layers,
         obj.conv_impl,
         ceil_mode=obj.ceil_mode,
     )
     ctx = {"vgg": prepared, "runs": jax.tree.map(jnp.asarray, _stack([job.run]))}
-    runner = optim.ChunkRunner(obj, p.opt, chunk_size or p.chunk_size, loop or p.loop, state, ctx)
-    return runner, state, ctx
+    return make_runner(p, state, ctx, chunk_size, loop), state, ctx

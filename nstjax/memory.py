@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 
 from nstjax import vgg
+from nstjax.errors import UsageError
 
 ACT_FACTOR = 4.2
 PARAMS_BYTES = 80 * 2**20
@@ -62,11 +63,14 @@ def estimate(
     lbfgs: bool = True,
     winograd: bool = False,
     runs: int = 1,
+    tile_hw: tuple[int, int] | None = None,
 ) -> dict:
-    """Estimated peak bytes of a run, with its parts."""
+    """Estimated peak bytes of a run, with its parts. ``tile_hw``: the crop of a tiled
+    run (:mod:`nstjax.tiles`), whose activations are one tile's, not the image's."""
     px = height * width
     total, _, _ = _layer_floats_per_pixel(deepest)
-    act = ACT_FACTOR * 4 * px * total
+    act_px = px if tile_hw is None else tile_hw[0] * tile_hw[1]
+    act = ACT_FACTOR * 4 * act_px * total
     image = 4 * px * channels
     state = image * (2 + (2 * memory_size if lbfgs else 2))
     params = PARAMS_BYTES + (WINOGRAD_PARAMS_BYTES if winograd else 0)
@@ -79,6 +83,37 @@ def estimate(
     }
     parts["total"] = parts["activations"] + parts["optimizer_state"] + params + BASELINE_BYTES
     return parts
+
+
+def fit(settings, obj, hw: tuple[int, int], luminance: bool) -> dict:
+    """The estimate of a run (``settings``, objective ``obj``, image size ``hw``); a
+    UsageError naming what would fit when it exceeds :func:`available_bytes`."""
+    deepest = max(obj.layers, key=lambda name: vgg.LAYER_INDEX[name])
+    lbfgs = settings.optimizer == "lbfgs"
+    tile_hw = None
+    if settings.tile and max(hw) > settings.tile:
+        crop = settings.tile + 2 * vgg.halo(obj.layers)
+        tile_hw = (min(hw[0], crop), min(hw[1], crop))
+    e = estimate(hw[0], hw[1], deepest, 1 if luminance else 3, settings.memory_size,
+                        lbfgs, obj.conv_impl != "xla", tile_hw=tile_hw)  # fmt: skip
+    avail = available_bytes()
+    if avail is not None and e["total"] > avail:
+        hint = []
+        if lbfgs and settings.memory_size > 10:
+            short = estimate(hw[0], hw[1], deepest, 3, 10, True, obj.conv_impl != "xla")
+            hint.append(f"--memory-size 10 ({gib(short['total'])}; the "
+                        f"{settings.memory_size} L-BFGS pairs take "
+                        f"{gib(e['lbfgs_history'])})")  # fmt: skip
+        if not settings.tile:
+            hint.append("--tile 512 (tiled gradients)")
+        hint += ["a smaller --size", "a coarse-to-fine --scales schedule ending lower"]
+        raise UsageError(
+            f"a {hw[1]}x{hw[0]} run needs an estimated {gib(e['total'])} of memory "
+            f"and {gib(avail)} is available; options: {', '.join(hint)}"
+        )
+    e["available"] = avail
+    e["tile_hw"] = tile_hw
+    return e
 
 
 def available_bytes() -> int | None:

@@ -284,6 +284,28 @@ def _style_targets(obj: Objective, vgg_params, out_hw, styles, blend) -> dict:
     return out
 
 
+def grey_to_rgb(pixels_BxHxWxC):
+    """Luminance-only transfer optimizes one channel: VGG sees it as grey (Y, Y, Y)."""
+    if pixels_BxHxWxC.shape[-1] == 1:
+        return jnp.broadcast_to(pixels_BxHxWxC, (*pixels_BxHxWxC.shape[:-1], 3))
+    return pixels_BxHxWxC
+
+
+def features(obj: Objective, vgg_params, pixels_BxHxWx3) -> dict:
+    """The activations of every layer the terms read, for a pixel-space RGB batch."""
+    if obj.remat:
+        # Keep only the pooled maps (4x smaller than their block's activations) and the
+        # requested layers; recompute the convolutions of each block in the backward
+        # pass: about one more forward per step.
+        policy = jax.checkpoint_policies.save_only_these_names(
+            *(name for name in vgg.LAYERS if name.startswith("pool"))
+        )
+        return jax.checkpoint(lambda x: _features(obj, vgg_params, x, obj.layers), policy=policy)(
+            pixels_BxHxWx3
+        )
+    return _features(obj, vgg_params, pixels_BxHxWx3, obj.layers)
+
+
 def loss(obj: Objective, pixels_BxHxWx3, vgg_params, targets, weights, key=None):
     """Total loss and its parts for a pixel-space image batch (summed over the batch).
 
@@ -294,48 +316,46 @@ def loss(obj: Objective, pixels_BxHxWx3, vgg_params, targets, weights, key=None)
     """
     if key is None:
         key = jax.random.PRNGKey(0)
-    if pixels_BxHxWx3.shape[-1] == 1:  # luminance-only transfer: grey (Y, Y, Y) for VGG
-        pixels_BxHxWx3 = jnp.broadcast_to(pixels_BxHxWx3, (*pixels_BxHxWx3.shape[:-1], 3))
-    if obj.remat:
-        # Keep only the pooled maps (4x smaller than their block's activations) and the
-        # requested layers; recompute the convolutions of each block in the backward
-        # pass: about one more forward per step.
-        policy = jax.checkpoint_policies.save_only_these_names(
-            *(name for name in vgg.LAYERS if name.startswith("pool"))
-        )
-        feats = jax.checkpoint(lambda x: _features(obj, vgg_params, x, obj.layers), policy=policy)(
-            pixels_BxHxWx3
-        )
-    else:
-        feats = _features(obj, vgg_params, pixels_BxHxWx3, obj.layers)
+    pixels_BxHxWx3 = grey_to_rgb(pixels_BxHxWx3)
+    feats = features(obj, vgg_params, pixels_BxHxWx3)
+
+    def layer_value(i, j, layer, k_l):
+        t = obj.terms[i]
+        kind, opts, target = registry.get(t.kind), t.option_dict(), targets[i]
+        if layer is None:  # a pixel term
+            return kind.loss(pixels_BxHxWx3, None, k_l, **opts)
+        if isinstance(target, dict) and "regions" in target:  # spatial control
+            return sum(
+                kind.masked_loss(feats[layer], tr[layer], target["masks"][layer][r], k_l, **opts)
+                for r, tr in enumerate(target["regions"])
+            )
+        if isinstance(target, list):  # one target per style image
+            return sum(
+                weights["blend"][s] * kind.loss(feats[layer], ts[layer], k_l, **opts)
+                for s, ts in enumerate(target)
+            )
+        return kind.loss(feats[layer], target[layer], k_l, **opts)
+
+    return combine(obj, weights, key, layer_value)
+
+
+def combine(obj: Objective, weights, key, layer_value):
+    """The weighted sum of eq. 7 from per-layer values: ``layer_value(i, j, layer, key)``
+    is term i's unweighted value at its j-th layer (``layer=None`` for a pixel term),
+    per batch element. Returns ``(total, parts)``. Shared by :func:`loss` and the tiled
+    gradient (:mod:`nstjax.tiles`), so both weigh the terms the same way."""
     sums = {"content": jnp.float32(0.0), "style": jnp.float32(0.0), "image": jnp.float32(0.0)}
     values = []
     for i, t in enumerate(obj.terms):
         kind = registry.get(t.kind)
-        opts = t.option_dict()
         w = weights["terms"][i]
         k_t = jax.random.fold_in(key, i)
         if kind.reads == "pixels":
-            raw = jnp.sum(kind.loss(pixels_BxHxWx3, None, k_t, **opts))
+            raw = jnp.sum(layer_value(i, None, None, k_t))
         else:
             raw = jnp.float32(0.0)
             for j, layer in enumerate(t.layers):
-                k_l = jax.random.fold_in(k_t, j)
-                target = targets[i]
-                if isinstance(target, dict) and "regions" in target:  # spatial control
-                    l_B = sum(
-                        kind.masked_loss(
-                            feats[layer], tr[layer], target["masks"][layer][r], k_l, **opts
-                        )  # fmt: skip
-                        for r, tr in enumerate(target["regions"])
-                    )
-                elif isinstance(target, list):  # one target per style image
-                    l_B = sum(
-                        weights["blend"][s] * kind.loss(feats[layer], ts[layer], k_l, **opts)
-                        for s, ts in enumerate(target)
-                    )
-                else:
-                    l_B = kind.loss(feats[layer], target[layer], k_l, **opts)
+                l_B = layer_value(i, j, layer, jax.random.fold_in(k_t, j))
                 raw = raw + w["layers"][j] * jnp.sum(l_B)
         value = weights[ROLE_WEIGHTS[kind.role]] * (w["weight"] * raw)
         values.append(value)

@@ -35,15 +35,18 @@ def step(obj: objective.Objective, opt: optimizers.OptimizerSpec, state: dict, c
         return objective.loss(obj, image, ctx["vgg"], ctx["targets"], ctx["weights"], key)
 
     (total, parts), grad = jax.value_and_grad(f, has_aux=True)(state["image"])
+    state = update(opt, state, total, grad, ctx, value_fn=lambda image: f(image)[0])
+    return state, objective.record(total, parts)
+
+
+def update(opt: optimizers.OptimizerSpec, state: dict, total, grad, ctx: dict, value_fn=None):
+    """The step given the loss and its gradient at ``state["image"]``: the optimizer's
+    direction, the move by ``lr``, the iterate average. ``value_fn`` (the loss as a
+    function of the image) is needed by the line search only. Returns the new state."""
     tx = optimizers.transformation(opt)
     if opt.line_search:  # optax's zoom line search evaluates the loss itself
         updates, opt_state = tx.update(
-            grad,
-            state["opt"],
-            state["image"],
-            value=total,
-            grad=grad,
-            value_fn=lambda image: f(image)[0],
+            grad, state["opt"], state["image"], value=total, grad=grad, value_fn=value_fn
         )
         direction = -updates
     else:
@@ -51,9 +54,8 @@ def step(obj: objective.Objective, opt: optimizers.OptimizerSpec, state: dict, c
     image = state["image"] - ctx["lr"] * direction
     # Iterate averaging (crowsonkb's style-transfer-pytorch): ema = 0 keeps the iterate.
     avg = ctx["ema"] * state["avg"] + (1.0 - ctx["ema"]) * image
-    new = {"image": image, "avg": avg, "opt": opt_state, "step": state["step"] + 1,
-           "key": state["key"]}  # fmt: skip
-    return new, objective.record(total, parts)
+    return {"image": image, "avg": avg, "opt": opt_state, "step": state["step"] + 1,
+            "key": state["key"]}  # fmt: skip
 
 
 def batched_step(obj, opt, state: dict, ctx: dict):

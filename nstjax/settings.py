@@ -68,6 +68,13 @@ class Settings:
         "str",
         choices=("auto", "on", "off"),
     )
+    tile: int = _field(
+        0,
+        "tiled gradients for images that do not fit: cores of N px (a multiple of 16) "
+        "computed with a halo covering VGG's receptive field; exact (0: off; terms "
+        "mse, gram, meanstd, tv)",
+        "int",
+    )
     line_search: int = _field(
         0,
         "L-BFGS: at most N zoom line-search evaluations per step (0: none, as "
@@ -191,6 +198,11 @@ class Settings:
             )
         for name in ("size", "chunk_size", "memory_size"):
             _positive_int(name, getattr(self, name))
+        if int(self.tile) != self.tile or self.tile < 0 or self.tile % 16:
+            raise UsageError(f"tile must be 0 (off) or a multiple of 16 px, got {self.tile}")
+        if self.tile and self.line_search:
+            raise UsageError("tile and line_search do not combine (a line search "
+                             "evaluates whole images)")  # fmt: skip
         if self.line_search and self.optimizer != "lbfgs":
             raise UsageError("line_search is for optimizer lbfgs")
         for name in ("steps", "save_every", "line_search"):

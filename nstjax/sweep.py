@@ -28,7 +28,6 @@ from pathlib import Path
 
 from nstjax import atomic, build
 from nstjax.errors import UsageError
-from nstjax.optimizers import OptimizerSpec
 from nstjax.settings import Settings
 from nstjax.weights.preprocessing import CAFFE
 
@@ -55,11 +54,8 @@ class Variant:
         if s.method == "arbitrary":
             return ("arbitrary", self.content, s.size)
         obj, _ = build.objective_for(s, CAFFE)
-        program = build.Program(
-            obj, OptimizerSpec(s.optimizer, s.memory_size, line_search=s.line_search), s.steps,
-            s.chunk_size,
-            s.save_every, s.loop,
-        )  # fmt: skip
+        program = build.program_for(s, obj)
+
         return (program, s.weights, s.weights_format, self.content, s.size, s.style_scale,
                 len(self.styles), self.styles)  # fmt: skip
 

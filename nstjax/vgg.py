@@ -99,6 +99,26 @@ def feature_hw(layer: str, h: int, w: int, ceil_mode: bool = False) -> tuple[int
     return h, w
 
 
+def receptive_radius(deepest: str) -> int:
+    """Pixels on each side of a position's own block that its feature at ``deepest``
+    depends on: each 3x3 convolution at downsampling s adds s (70 for relu5_1)."""
+    radius, stride = 0, 1
+    for name in LAYERS[: LAYER_INDEX[deepest] + 1]:
+        if name in PARAM_SHAPES:
+            radius += stride
+        elif name.startswith("pool"):
+            stride *= 2
+    return radius
+
+
+def halo(layers: Sequence[str], align: int = 16) -> int:
+    """The receptive radius of the deepest of ``layers`` rounded up to ``align`` (70 ->
+    80 px for relu5_1): the margin a crop needs for its inner features to be exact
+    (``nstjax.tiles``; ``align`` keeps the pooling grids of crops lined up)."""
+    deepest = max(layers, key=lambda name: LAYER_INDEX[name])
+    return -(-receptive_radius(deepest) // align) * align
+
+
 def pool2x2(x_BxHxWxC: jax.Array, kind: str, ceil_mode: bool = False) -> jax.Array:
     """2x2/2 max or average pooling; ``ceil_mode`` keeps odd borders as Caffe does.
 

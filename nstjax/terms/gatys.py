@@ -66,6 +66,28 @@ def _gram_masked_loss(feat_BxHxWxC, target_1xCxC, mask_HxW, key, norm):
     return losses.GRAM_NORMS[norm](sq_B, float(feat_BxHxWxC.shape[-1]), area)
 
 
+def _content_tile_stats(feat_BxHxWxC, target_1xHxWxC):
+    """Eq. 1 is a sum over positions: a tile's share is eq. 1 on its positions."""
+    return losses.content_layer_loss(feat_BxHxWxC, target_1xHxWxC)
+
+
+def _content_tile_loss(stats_B, target, hw):
+    del target, hw
+    return stats_B
+
+
+def _gram_tile_stats(feat_BxHxWxC, target_1xCxC, norm):
+    """A Gram is a sum over positions: a tile's share is the Gram of its positions."""
+    del target_1xCxC, norm
+    return losses.gram(feat_BxHxWxC)
+
+
+def _gram_tile_loss(gram_BxCxC, target_1xCxC, hw, norm):
+    """:func:`losses.style_layer_loss` from the whole image's Gram (``hw``: its M)."""
+    sq_B = jnp.sum(jnp.square(gram_BxCxC - target_1xCxC), axis=(1, 2))
+    return losses.GRAM_NORMS[norm](sq_B, float(gram_BxCxC.shape[-1]), float(hw[0] * hw[1]))
+
+
 def _tv_loss(pixels_BxHxWx3, target, key):
     del target, key
     return losses.tv_loss(pixels_BxHxWx3)
@@ -76,6 +98,9 @@ register(
     role="content",
     targets=_content_targets,
     loss=_content_loss,
+    tile_stats=_content_tile_stats,
+    tile_loss=_content_tile_loss,
+    tile_target="positions",
     doc="1/2 sum (F - P)^2 over a layer's positions and channels (Gatys et al. 2016, eq. 1)",
 )
 register(
@@ -88,6 +113,8 @@ register(
     check=lambda norm: losses.check_gram_norm(norm),
     masked_targets=_gram_masked_targets,
     masked_loss=_gram_masked_loss,
+    tile_stats=_gram_tile_stats,
+    tile_loss=_gram_tile_loss,
     doc="squared Frobenius distance of Gram matrices, normalized by `norm` "
     "(gatys: 1/(4 N^2 M^2), Gatys et al. 2016, eq. 4; n; hw; chw)",
 )

@@ -67,6 +67,10 @@ class Kind:
     # Spatial control (per-position weights; Gatys et al. 2017): optional.
     masked_targets: Callable | None = None  # (feat_1xHxWxC, mask_HxW, out_shape, **o)
     masked_loss: Callable | None = None  # (feat_BxHxWxC, target, mask_HxW, key, **o) -> (B,)
+    # Tiled gradients (sums over positions; nstjax.tiles): optional.
+    tile_stats: Callable | None = None  # (feat_BxHxWxC, target, **o) -> pytree of sums
+    tile_loss: Callable | None = None  # (stats, target, hw, **o) -> (B,)
+    tile_target: str = "whole"  # or "positions": the target is cropped like the tile
 
 
 KINDS: dict[str, Kind] = {}
@@ -87,6 +91,9 @@ def register(
     check: Callable | None = None,
     masked_targets: Callable | None = None,
     masked_loss: Callable | None = None,
+    tile_stats: Callable | None = None,
+    tile_loss: Callable | None = None,
+    tile_target: str = "whole",
     replace: bool = False,
 ) -> Kind:
     """Registers a loss-term kind under ``name``; returns it.
@@ -107,13 +114,16 @@ def register(
         raise UsageError(f"term kind {name!r}: reads must be 'features' or 'pixels'")
     if role != "image" and targets is None:
         raise UsageError(f"term kind {name!r} compares with the {role} image: give targets=")
+    if (tile_stats is None) != (tile_loss is None) or tile_target not in ("whole", "positions"):
+        raise UsageError(f"term kind {name!r}: give both tile_stats and tile_loss (or "
+                         "neither); tile_target is 'whole' or 'positions'")  # fmt: skip
     options = dict(options or {})
     clash = sorted(set(options) & set(RESERVED))
     if clash:
         raise UsageError(f"term kind {name!r}: option names {clash} are reserved")
     kind = Kind(
         name, role, loss, targets, options, blend, reads, stochastic, doc, check,
-        masked_targets, masked_loss,
+        masked_targets, masked_loss, tile_stats, tile_loss, tile_target,
     )  # fmt: skip
     KINDS[name] = kind
     return kind

@@ -77,6 +77,20 @@ def meanstd_loss(feat_BxHxWxC, target_2xC, key):
     return sq.mean(axis=-1)
 
 
+def _meanstd_tile_stats(feat_BxHxWxC, target_2xC):
+    del target_2xC
+    x = flat(feat_BxHxWxC)
+    return jnp.stack([x.sum(axis=1), jnp.square(x).sum(axis=1)], axis=1)  # B x 2 x C
+
+
+def _meanstd_tile_loss(sums_Bx2xC, target_2xC, hw):
+    """:func:`meanstd_loss` from the sums of x and x^2 over all tiles."""
+    mean = sums_Bx2xC[:, 0] / (hw[0] * hw[1])
+    var = jnp.maximum(sums_Bx2xC[:, 1] / (hw[0] * hw[1]) - jnp.square(mean), 0.0)
+    sq = jnp.square(mean - target_2xC[0]) + jnp.square(jnp.sqrt(var + STD_EPS) - target_2xC[1])
+    return sq.mean(axis=-1)
+
+
 # --------------------------------------------------------------------------- MMD
 
 
@@ -321,6 +335,8 @@ register(
     role="style",
     targets=_meanstd_targets,
     loss=meanstd_loss,
+    tile_stats=_meanstd_tile_stats,
+    tile_loss=_meanstd_tile_loss,
     doc="1/C sum_c (mu_c - mu_c^s)^2 + (sigma_c - sigma_c^s)^2: BN statistics "
     "(Li et al. 2017, IJCAI)",
 )
