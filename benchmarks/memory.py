@@ -2,6 +2,9 @@
 
     python benchmarks/memory.py                                # 512 1024 2048
     python benchmarks/memory.py --sizes 64 --steps 3 --out memory.json
+    python benchmarks/memory.py --tile 512 --memory-size 10          # tiled gradients
+    python benchmarks/memory.py --sizes 2048 --phases run --tile 512 --memory-size 10 \
+        --pyramid 100,30,10 --save out/highres                       # 512 -> 1024 -> 2048
 
 For every size (a square ``size`` x ``size`` image: tubingen.jpg content, starry_night.jpg
 style, content relu4_2, the five Gatys style layers, max pooling, L-BFGS with 100 pairs,
@@ -97,20 +100,27 @@ def analysis(compiled) -> dict:
     return out
 
 
-def settings_for(size: int, steps: int, optimizer: str, conv_impl: str):
+def settings_for(size: int, steps: int, args):
+    """``--pyramid A,B,C``: a coarse-to-fine run size/4 -> size/2 -> size (A, B, C steps)."""
     from nstjax.settings import Settings
 
+    pyramid = tuple(int(x) for x in args.pyramid.split(",")) if args.pyramid else ()
+    scales = tuple(size >> (len(pyramid) - 1 - i) for i in range(len(pyramid)))
     return Settings(
         size=size,
         steps=steps,
-        optimizer=optimizer,
-        conv_impl=conv_impl,
+        optimizer=args.optimizer,
+        conv_impl=args.conv_impl,
         content_layers=("relu4_2",),
         pooling="max",
+        memory_size=args.memory_size,
+        tile=args.tile,
+        scales=scales,
+        scale_steps=pyramid,
     )
 
 
-def child(size: int, phase: str, steps: int, optimizer: str, conv_impl: str) -> dict:
+def child(size: int, phase: str, args) -> dict:
     import nstjax
 
     nstjax.setup()  # the CLI's process defaults (XLA flags, malloc, compilation cache)
@@ -135,14 +145,19 @@ def child(size: int, phase: str, steps: int, optimizer: str, conv_impl: str) -> 
     }
     with monitor.count_compiles() as compiles:
         if phase == "step":
-            settings = settings_for(size, 1, optimizer, conv_impl)
+            settings = settings_for(size, 1, args).replace(scales=(), scale_steps=())
             job = gatys.prepare(settings, content, [style])
             row["rss_prepared"] = proc_status()["VmRSS"]
             row["device_prepared"] = device_stats()
             runner, state, ctx = engine.single_runner(job, 1, "host")
             row["compile_seconds"] = runner.compile_seconds
             row["rss_compiled"] = proc_status()["VmRSS"]
-            row["analysis"] = analysis(runner._compiled)
+            if hasattr(runner, "_grad"):  # tiled: the largest tile's gradient program
+                row["analysis"] = analysis(
+                    max(runner._grad.items(), key=lambda kv: kv[0][0] * kv[0][1])[1]
+                )
+            else:
+                row["analysis"] = analysis(runner._compiled)
             row["params_bytes"] = sum(x.nbytes for x in jax.tree.leaves(ctx["vgg"]))
             t0 = time.perf_counter()
             state, _ = runner(state, 1, ctx)
@@ -150,11 +165,14 @@ def child(size: int, phase: str, steps: int, optimizer: str, conv_impl: str) -> 
             row["step_seconds"] = time.perf_counter() - t0
             estimate = getattr(job, "memory_estimate", None)
         else:
-            settings = settings_for(size, steps, optimizer, conv_impl)
+            settings = settings_for(size, args.steps, args)
             t0 = time.perf_counter()
-            _, m = gatys.stylize(content, [style], settings=settings)
+            out = Path(args.save) / f"run_{size}.png" if args.save else None
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            _, m = gatys.stylize(content, [style], settings=settings, output=out)
             row["seconds"] = time.perf_counter() - t0
-            row["steps"] = steps
+            row["steps"] = m.get("steps")
             row["compile_seconds"] = m.get("compile_seconds")
             row["loop"] = m.get("loop")
             estimate = m.get("memory_estimate")
@@ -165,7 +183,18 @@ def child(size: int, phase: str, steps: int, optimizer: str, conv_impl: str) -> 
     row["settings"] = {
         k: v
         for k, v in settings.as_dict().items()
-        if k in ("optimizer", "memory_size", "conv_impl", "loop", "pooling", "remat")
+        if k
+        in (
+            "optimizer",
+            "memory_size",
+            "conv_impl",
+            "loop",
+            "pooling",
+            "remat",
+            "tile",
+            "scales",
+            "scale_steps",
+        )  # fmt: skip
     }
     if estimate:
         row["nstjax_estimate"] = {k: v for k, v in estimate.items() if k != "available"}
@@ -210,7 +239,7 @@ def extrapolate(measured: list[dict], pixels: int) -> int:
     return int(prev["peak"] + 1.5 * scaling * (pixels / prev["pixels"] - 1))
 
 
-def library_estimate(size: int) -> int | None:
+def library_estimate(size: int, args) -> int | None:
     """nstjax's own estimate (nstjax.memory, where the library has it), bytes."""
     import nstjax
 
@@ -220,7 +249,9 @@ def library_estimate(size: int) -> int | None:
     except ImportError:
         return None
     try:
-        e = memory.estimate(size, size, "relu5_1")
+        crop = min(size, args.tile + 2 * 80) if args.tile and size > args.tile else None
+        e = memory.estimate(size, size, "relu5_1", memory_size=args.memory_size,
+                            tile_hw=crop and (crop, crop))  # fmt: skip
     except Exception:  # noqa: BLE001  (its signature may change; this is only a hint)
         return None
     return int(e["total"])
@@ -230,6 +261,8 @@ def spawn(size: int, phase: str, args, env: dict) -> tuple[dict | None, str | No
     cmd = [
         sys.executable, __file__, "--one", str(size), "--phase", phase,
         "--steps", str(args.steps), "--optimizer", args.optimizer, "--conv-impl", args.conv_impl,
+        "--memory-size", str(args.memory_size), "--tile", str(args.tile),
+        "--pyramid", args.pyramid, "--save", args.save,
     ]  # fmt: skip
     try:
         res = subprocess.run(
@@ -304,6 +337,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--phases", nargs="+", choices=("step", "run"), default=["step", "run"])
     p.add_argument("--optimizer", default="lbfgs")
     p.add_argument("--conv-impl", default="auto")
+    p.add_argument("--memory-size", type=int, default=100, help="L-BFGS pairs [100]")
+    p.add_argument("--tile", type=int, default=0, help="tiled gradients: core px [0: off]")
+    p.add_argument("--pyramid", default="", help="run phase: steps A,B,.. of size/2^k levels")
+    p.add_argument("--save", default="", help="run phase: write the output image here")
     p.add_argument("--cache", choices=("default", "fresh", "off"), default="default")
     p.add_argument("--headroom", type=float, default=0.9, help="fraction of memory to use")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per process")
@@ -312,7 +349,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--phase", choices=("step", "run"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(child(args.one, args.phase, args.steps, args.optimizer, args.conv_impl)))
+        print(json.dumps(child(args.one, args.phase, args)))
         return []
 
     rows: list[dict] = []
@@ -329,7 +366,7 @@ def main(argv=None) -> list[dict]:
                 prev = measured[-1]
                 need = extrapolate(measured, px)
                 cap = capacity(prev)
-                lib = library_estimate(size) if prev["peak_kind"] == "rss" else None
+                lib = library_estimate(size, args) if prev["peak_kind"] == "rss" else None
                 if cap is not None and max(need, lib or 0) > args.headroom * cap:
                     stop = (
                         f"{size} px needs ~{max(need, lib or 0) / 2**30:.1f} GiB "
