@@ -26,7 +26,10 @@ shape. Usage::
     raw, normalized = distance_panel(vgg_params, output, content, [style])  # one-off
 
 Images are pixel space: float ``H x W x 3`` in [0, 255]; the output has the content
-image's size (as a stylization does).
+image's size (as a stylization does). Content images longer than ``max_side``
+(:data:`MAX_SIDE` px by default) are scored at that long side, outputs resized the same
+way: the panel is a diagnostic, and at 1024x1024 its full-size distances (patches,
+histograms, kernels) took more memory than the run itself.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from nstjax.weights.preprocessing import CAFFE, Preprocessing
 GATYS_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYERS = ("relu4_2",)
 CONTENT_KINDS = ("mse", "selfsim")
+MAX_SIDE = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,8 +216,11 @@ class Panel:
       pooling, preprocessing, ceil_mode: the network's, as the run's objective
         (:meth:`for_objective` takes them from one).
       seed: the fixed key of the stochastic kinds.
+      max_side: images whose long side exceeds it are scored resized to that long side
+        (None: at full size).
 
     Attributes:
+      hw: the size the distances are measured at; ``out_hw`` the outputs' own.
       photo: the content image's own distances (its content distances are 0).
       painting: the style image(s)' distances, each resized to the content's size
         (blend-weighted).
@@ -236,6 +243,7 @@ class Panel:
         preprocessing: Preprocessing = CAFFE,
         ceil_mode: bool | None = None,
         seed: int = 0,
+        max_side: int | None = MAX_SIDE,
     ):
         self.spec = make_spec(
             style_kinds,
@@ -255,7 +263,12 @@ class Panel:
         self.params = jax.tree.map(jnp.asarray, vgg_params)
         self.key = jax.random.PRNGKey(seed)
         content = _pixels(content, "content image")
-        self.hw = content.shape[:2]
+        self.out_hw = tuple(content.shape[:2])
+        self.hw = self.out_hw
+        if max_side is not None and max(self.hw) > max_side:
+            r = max_side / max(self.hw)
+            self.hw = (max(1, round(self.hw[0] * r)), max(1, round(self.hw[1] * r)))
+            content = image.resize(content, *self.hw)
         spec = self.spec
         per_style = [
             _targets(
@@ -306,10 +319,11 @@ class Panel:
     def distances(self, output) -> dict[str, float]:
         """The raw distances of ``output`` (pixel space, the content's size)."""
         output = _pixels(output, "output image")
+        if output.shape[:2] not in (self.out_hw, tuple(self.hw)):
+            raise UsageError(f"panel output is {output.shape[:2]}, the content image "
+                             f"{self.out_hw}")  # fmt: skip
         if output.shape[:2] != tuple(self.hw):
-            raise UsageError(
-                f"panel output is {output.shape[:2]}, the content image {tuple(self.hw)}"
-            )
+            output = image.resize(output, *self.hw)
         return self._score(_forward(self.spec, self.params, output[None], self.spec.layers))
 
     def normalize(self, raw: Mapping[str, float]) -> dict[str, float]:

@@ -117,3 +117,21 @@ def test_panel_heatmap(tmp_path):
         assert im.size[0] > 200 and im.size[1] > 100
     with pytest.raises(UsageError):
         panel_report.panel_heatmap(tmp_path / "empty.png", {})
+
+
+def test_large_images_are_scored_at_max_side(real_weights, pics):
+    """Above ``max_side`` the panel scores the content and the outputs resized to it:
+    the same numbers as a full-size panel of the resized images."""
+    content, style = pics
+    noisy = np.clip(content + np.random.default_rng(1).normal(0, 30, content.shape), 0, 255)
+    kinds = ("gram", "meanstd")
+    small = panel.Panel(real_weights.params, content, [style], style_kinds=kinds, max_side=24)
+    assert max(small.hw) == 24 and small.out_hw == content.shape[:2]
+    ref = panel.Panel(real_weights.params, image.resize(content, *small.hw), [style],
+                      style_kinds=kinds)  # fmt: skip
+    raw, _ = small(noisy.astype(np.float32))
+    want, _ = ref(image.resize(noisy.astype(np.float32), *small.hw))
+    for k in want:
+        assert raw[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
+    with pytest.raises(UsageError, match="panel output is"):
+        small(np.zeros((5, 5, 3), np.float32))
