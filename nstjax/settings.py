@@ -63,8 +63,8 @@ class Settings:
     memory_size: int = _field(100, "L-BFGS history length (memory: 2 x N images)", "int")
     remat: str = _field(
         "auto",
-        "recompute VGG activations in the backward pass (less memory, ~1 more "
-        "forward per step): on, off, or auto (on when the estimated peak would not fit)",
+        "recompute VGG activations in the backward pass (~1 more forward per step): on, "
+        "off, or auto (= off: on XLA:CPU it saved no memory; see the README's Memory)",
         "str",
         choices=("auto", "on", "off"),
     )
