@@ -249,7 +249,10 @@ def library_estimate(size: int, args) -> int | None:
     except ImportError:
         return None
     try:
-        crop = min(size, args.tile + 2 * 80) if args.tile and size > args.tile else None
+        from nstjax import vgg
+
+        halo = vgg.halo(("relu4_2", "relu5_1"))
+        crop = min(size, args.tile + 2 * halo) if args.tile and size > args.tile else None
         e = memory.estimate(size, size, "relu5_1", memory_size=args.memory_size,
                             tile_hw=crop and (crop, crop))  # fmt: skip
     except Exception:  # noqa: BLE001  (its signature may change; this is only a hint)

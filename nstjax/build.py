@@ -185,12 +185,13 @@ def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequenc
 
 
 def program_for(settings: Settings, obj, hw: tuple[int, int] | None = None) -> Program:
-    """The static program of a run. Tiles only where the image exceeds one tile."""
+    """The static program of a run. Tiles only where the image (``hw``; None: not yet
+    known, as when a sweep groups its variants) exceeds one tile."""
     tile = settings.tile if hw is None or max(hw) > settings.tile else 0
-    if tile:
+    if tile and hw is not None:
         from nstjax import tiles  # noqa: PLC0415
 
-        tiles.supported(obj)
+        tiles.supported(obj, tile)
     opt = OptimizerSpec(settings.optimizer, settings.memory_size, line_search=settings.line_search)
     return Program(obj, opt, settings.steps, settings.chunk_size, settings.save_every,
                    settings.loop, tile)  # fmt: skip
@@ -303,10 +304,12 @@ def build_job(
         content_img, style_imgs, content_rgb = _color(settings, content_img, style_imgs)
     obj, configs = objective_for(settings, weights.preprocessing)
     check_size(obj, content_img.shape[:2], "content image", settings.size)
+    program = program_for(settings, obj, content_img.shape[:2])  # refuses before any work
     from nstjax import memory  # noqa: PLC0415
 
     estimate = memory.fit(settings, obj, content_img.shape[:2], content_rgb is not None)
     obj = dataclasses.replace(obj, remat=settings.remat == "on")
+    program = dataclasses.replace(program, objective=obj)
     for s_img in style_imgs:
         check_size(obj, s_img.shape[:2], "style image", style_side)
     region, style_region = _masks(settings, content_img, style_imgs, masks, style_masks)
@@ -355,7 +358,6 @@ def build_job(
         term_layer_weights=[c.layer_weights for c in configs],
         blend=blend,
     )
-    program = program_for(settings, obj, content_img.shape[:2])
     run = {
         "targets": targets,
         "weights": loss_weights,

@@ -97,7 +97,8 @@ def run_group(
     """
     p = jobs[0].program
     devices = list(devices or jax.local_devices())
-    devices = devices[: max(1, min(len(devices), len(jobs)))]  # a run of one: one device
+    # a run of one: one device; tiles: one device (their programs chain on one)
+    devices = devices[: 1 if p.tile else max(1, min(len(devices), len(jobs)))]
     mesh = Mesh(np.array(devices), ("runs",))
     runs_sharding = NamedSharding(mesh, PartitionSpec("runs"))
     replicated = NamedSharding(mesh, PartitionSpec())

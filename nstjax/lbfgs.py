@@ -39,7 +39,9 @@ MIN_COSINE = 1e-4
 
 
 GROWTH = 2.0
-"""While the memory is empty, a skipped pair multiplies the step scale by this."""
+"""While the memory is empty, a skipped (finite) pair multiplies the step scale by this,
+during the first :data:`MAX_GROWTH_STEPS` steps (at most 2^20: a million-fold)."""
+MAX_GROWTH_STEPS = 20
 
 
 class LBFGSState(NamedTuple):
@@ -142,7 +144,8 @@ def scale_by_lbfgs(memory_size: int = 10) -> optax.GradientTransformation:
         # positive curvature along the step: growing it (x2 per step) leaves a region
         # where the first, unit-norm step kept every pair in float32 noise (45 steps of
         # 0.03 px at 128x128 from the content image before).
-        held = jnp.where(state.pairs == 0, GROWTH * state.gamma, state.gamma)
+        grow = (state.pairs == 0) & jnp.isfinite(sy) & (state.count <= MAX_GROWTH_STEPS)
+        held = jnp.where(grow, GROWTH * state.gamma, state.gamma)
         gamma = jnp.where(first, jnp.minimum(1.0, 1.0 / norm), jnp.where(keep, ratio, held))
         gamma = _positive(gamma).astype(jnp.float32)
         direction = precondition(

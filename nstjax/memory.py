@@ -104,7 +104,7 @@ def fit(settings, obj, hw: tuple[int, int], luminance: bool) -> dict:
             hint.append(f"--memory-size 10 ({gib(short['total'])}; the "
                         f"{settings.memory_size} L-BFGS pairs take "
                         f"{gib(e['lbfgs_history'])})")  # fmt: skip
-        if not settings.tile:
+        if not settings.tile and max(hw) > 512:
             hint.append("--tile 512 (tiled gradients)")
         hint += ["a smaller --size", "a coarse-to-fine --scales schedule ending lower"]
         raise UsageError(

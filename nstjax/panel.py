@@ -216,8 +216,8 @@ class Panel:
       pooling, preprocessing, ceil_mode: the network's, as the run's objective
         (:meth:`for_objective` takes them from one).
       seed: the fixed key of the stochastic kinds.
-      max_side: images whose long side exceeds it are scored resized to that long side
-        (None: at full size).
+      max_side: a content image whose long side exceeds it is scored resized to that
+        long side, its style images and outputs by the same factor (None: full size).
 
     Attributes:
       hw: the size the distances are measured at; ``out_hw`` the outputs' own.
@@ -259,16 +259,20 @@ class Panel:
         styles = [_pixels(s, "style image") for s in styles]
         if not styles:
             raise UsageError("the panel needs at least one style image")
-        self.blend = np.asarray(blend_weights(blend, len(styles)), np.float32)
-        self.params = jax.tree.map(jnp.asarray, vgg_params)
-        self.key = jax.random.PRNGKey(seed)
         content = _pixels(content, "content image")
         self.out_hw = tuple(content.shape[:2])
         self.hw = self.out_hw
-        if max_side is not None and max(self.hw) > max_side:
+        if max_side is not None and max(self.hw) > max_side:  # content and styles alike
             r = max_side / max(self.hw)
-            self.hw = (max(1, round(self.hw[0] * r)), max(1, round(self.hw[1] * r)))
-            content = image.resize(content, *self.hw)
+
+            def scaled(x):
+                return image.resize(x, max(1, round(x.shape[0] * r)), max(1, round(x.shape[1] * r)))
+
+            content, styles = scaled(content), [scaled(s) for s in styles]
+            self.hw = tuple(content.shape[:2])
+        self.blend = np.asarray(blend_weights(blend, len(styles)), np.float32)
+        self.params = jax.tree.map(jnp.asarray, vgg_params)
+        self.key = jax.random.PRNGKey(seed)
         spec = self.spec
         per_style = [
             _targets(

@@ -120,14 +120,16 @@ def test_panel_heatmap(tmp_path):
 
 
 def test_large_images_are_scored_at_max_side(real_weights, pics):
-    """Above ``max_side`` the panel scores the content and the outputs resized to it:
-    the same numbers as a full-size panel of the resized images."""
+    """Above ``max_side`` the panel scores the content resized to it, and the style
+    images and outputs by the same factor: a full-size panel of the resized images."""
     content, style = pics
     noisy = np.clip(content + np.random.default_rng(1).normal(0, 30, content.shape), 0, 255)
     kinds = ("gram", "meanstd")
     small = panel.Panel(real_weights.params, content, [style], style_kinds=kinds, max_side=24)
     assert max(small.hw) == 24 and small.out_hw == content.shape[:2]
-    ref = panel.Panel(real_weights.params, image.resize(content, *small.hw), [style],
+    r = 24 / max(content.shape[:2])  # the style image is resized by the same factor
+    style_r = image.resize(style, round(style.shape[0] * r), round(style.shape[1] * r))
+    ref = panel.Panel(real_weights.params, image.resize(content, *small.hw), [style_r],
                       style_kinds=kinds)  # fmt: skip
     raw, _ = small(noisy.astype(np.float32))
     want, _ = ref(image.resize(noisy.astype(np.float32), *small.hw))

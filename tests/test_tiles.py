@@ -30,16 +30,21 @@ def test_cores_partition_the_image(hw):
         owner[t.cy0 : t.cy1, t.cx0 : t.cx1] += 1
         assert 0 <= t.y0 <= t.cy0 < t.cy1 <= t.y1 <= h and 0 <= t.x0 <= t.cx0 < t.cx1 <= t.x1 <= w
         assert t.y0 % tiles.ALIGN == 0 and t.x0 % tiles.ALIGN == 0  # pooling grids line up
-        assert t.cy0 - t.y0 in (0, 16) and (t.y1 - t.cy1 == 16 or t.y1 == h)
+        # the core's features are exact: a halo on every side inside the image
+        assert (t.cy0 - t.y0 >= 16 or t.y0 == 0) and (t.y1 - t.cy1 >= 16 or t.y1 == h)
+        assert (t.cx0 - t.x0 >= 16 or t.x0 == 0) and (t.x1 - t.cx1 >= 16 or t.x1 == w)
     assert (owner == 1).all()
-    assert len({t.geometry for t in grid}) <= 16  # first, inner, near-last, last: 4x4
+    # one crop size per axis, plus one reaching the end where the side is not aligned
+    assert len({t.geometry for t in grid}) <= (1 + (h % 16 > 0)) * (1 + (w % 16 > 0))
+    if h % 16 == 0 and w % 16 == 0:
+        assert len({t.geometry for t in grid}) == 1
     with pytest.raises(UsageError, match="multiple of 16"):
         tiles.grid(h, w, 40, 16)
 
 
-def _job(images, weights, size, **kw):
+def _job(images, weights, size, styles=("starry_night.jpg",), **kw):
     s = nstjax.Settings(size=size, steps=2, conv_impl="xla", **kw)
-    return build.build_job(s, images / "tubingen.jpg", [images / "starry_night.jpg"], weights)
+    return build.build_job(s, images / "tubingen.jpg", [images / x for x in styles], weights)
 
 
 def _untiled(job, image_R, ctx):
@@ -79,8 +84,10 @@ def test_tiled_gradient_equals_untiled_at_256(images, real_weights):
 
 
 def test_tiled_odd_sizes_caffe_pooling_and_meanstd(images, real_weights):
-    """Odd sizes with Caffe's ceil pooling, the BN-statistics term, many small tiles."""
-    job = _job(images, real_weights, 100, content_layers=("relu3_1",),
+    """Odd sizes with Caffe's ceil pooling, the BN-statistics term (no blend: scored per
+    style image), two style images, many small tiles."""
+    job = _job(images, real_weights, 100, ("starry_night.jpg", "the_scream.jpg"),
+               style_blend=(0.7, 0.3), content_layers=("relu3_1",),
                style_layers=("relu1_1", "relu2_1", "relu3_1"), pool_rounding="ceil",
                style_loss=("gram", "meanstd:weight=1e4"), tv_weight=1e-3)  # fmt: skip
     assert job.program.objective.ceil_mode
@@ -88,11 +95,19 @@ def test_tiled_odd_sizes_caffe_pooling_and_meanstd(images, real_weights):
     assert len(tiled.tiles) >= 6
 
 
-def test_untileable_terms_are_refused(images, real_weights):
-    job = _job(images, real_weights, 64, style_loss=("sliced_w2",))
-    _, state, ctx = engine.single_runner(job, loop="host")
-    with pytest.raises(UsageError, match=r"cannot be tiled; tiles work with: .*'gram'"):
-        tiles.TiledRunner(job.program.objective, job.program.opt, 32, state, ctx)
+def test_untileable_terms_are_refused():
+    from nstjax.weights.preprocessing import CAFFE
+
+    def objective_of(**kw):
+        return build.objective_for(nstjax.Settings(**kw), CAFFE)[0]
+
+    for kw, message in (({"style_loss": ("sliced_w2",)}, r"tiled; tiles work with: .*'gram'"),
+                        ({"style_loss": ("gram", "mrf")}, r"\['style/mrf'\] cannot be tiled"),
+                        ({"style_layers": ("relu1_1", "pool5")}, "pool5"),
+                        ({}, "smaller than its halo")):  # fmt: skip
+        with pytest.raises(UsageError, match=message):
+            tiles.supported(objective_of(**kw), 32)
+    tiles.supported(objective_of(style_loss=("gram", "meanstd"), tv_weight=1.0), 80)
 
 
 def test_stylize_tiled_run_matches_untiled(images, real_weights, tmp_path):
@@ -121,7 +136,9 @@ def test_tile_settings_are_checked(images, tmp_path, capsys):
             "--size", "64"]  # fmt: skip
     cases = ((["--tile", "40"], "multiple of 16"),
              (["--tile", "32", "--line-search", "5"], "line_search"),
-             (["--tile", "32", "--style-loss", "mrf"], "cannot be tiled"))  # fmt: skip
+             (["--tile", "32", "--style-loss", "mrf"], "cannot be tiled"),
+             (["--tile", "32"], "smaller than its halo (80 px"),
+             (["--tile", "32", "--style-layers", "relu1_1,pool5"], "pool5"))  # fmt: skip
     for extra, message in cases:
         assert cli.main(base + extra) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()

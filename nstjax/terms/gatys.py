@@ -66,9 +66,10 @@ def _gram_masked_loss(feat_BxHxWxC, target_1xCxC, mask_HxW, key, norm):
     return losses.GRAM_NORMS[norm](sq_B, float(feat_BxHxWxC.shape[-1]), area)
 
 
-def _content_tile_stats(feat_BxHxWxC, target_1xHxWxC):
-    """Eq. 1 is a sum over positions: a tile's share is eq. 1 on its positions."""
-    return losses.content_layer_loss(feat_BxHxWxC, target_1xHxWxC)
+def _content_tile_stats(feat_BxHxWxC, target_1xHxWxC, weight_HxW):
+    """Eq. 1 is a sum over positions: a tile's share is eq. 1 on its own positions."""
+    sq = jnp.square(feat_BxHxWxC - target_1xHxWxC)
+    return 0.5 * jnp.einsum("bhwc,hw->b", sq, weight_HxW)
 
 
 def _content_tile_loss(stats_B, target, hw):
@@ -76,10 +77,10 @@ def _content_tile_loss(stats_B, target, hw):
     return stats_B
 
 
-def _gram_tile_stats(feat_BxHxWxC, target_1xCxC, norm):
+def _gram_tile_stats(feat_BxHxWxC, target_1xCxC, weight_HxW, norm):
     """A Gram is a sum over positions: a tile's share is the Gram of its positions."""
     del target_1xCxC, norm
-    return losses.gram(feat_BxHxWxC)
+    return jnp.einsum("bhwc,hw,bhwd->bcd", feat_BxHxWxC, weight_HxW, feat_BxHxWxC)
 
 
 def _gram_tile_loss(gram_BxCxC, target_1xCxC, hw, norm):

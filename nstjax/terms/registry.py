@@ -20,7 +20,16 @@ A **kind** is data plus small pure functions, registered by name with :func:`reg
   separately and the engine blends the losses;
 * ``masked_targets`` / ``masked_loss`` (optional): the same with per-position weights
   (a region mask at the layer's resolution), for spatial control: style image r is
-  matched inside region r of the output. Kinds without them refuse masks.
+  matched inside region r of the output. Kinds without them refuse masks;
+* ``tile_stats`` / ``tile_loss`` (optional): the loss as a function of sums over
+  positions, for tiled gradients of images that do not fit (:mod:`nstjax.tiles`).
+  ``tile_stats(feat_BxHxWxC, target, weight_HxW, **o) -> pytree`` sums over the
+  positions of one crop weighted by ``weight_HxW`` (1 on the positions the crop owns,
+  0 elsewhere); with ``tile_target="positions"`` (content kinds) the target is the
+  crop's part of a per-position target, with ``"whole"`` a whole target, which must not
+  enter the sums. ``tile_loss(stats, target, hw, **o) -> (B,)`` is the loss from the
+  sums over all crops (``hw``: the layer's full positions) and must equal ``loss`` on
+  the whole image. Kinds without them refuse tiles.
 
 A **term** is one use of a kind in an objective: its kind, layers, options (static:
 they decide the compiled program) and its weight and per-layer weights (dynamic
@@ -68,7 +77,7 @@ class Kind:
     masked_targets: Callable | None = None  # (feat_1xHxWxC, mask_HxW, out_shape, **o)
     masked_loss: Callable | None = None  # (feat_BxHxWxC, target, mask_HxW, key, **o) -> (B,)
     # Tiled gradients (sums over positions; nstjax.tiles): optional.
-    tile_stats: Callable | None = None  # (feat_BxHxWxC, target, **o) -> pytree of sums
+    tile_stats: Callable | None = None  # (feat_BxHxWxC, target, weight_HxW, **o) -> sums
     tile_loss: Callable | None = None  # (stats, target, hw, **o) -> (B,)
     tile_target: str = "whole"  # or "positions": the target is cropped like the tile
 
@@ -117,6 +126,10 @@ def register(
     if (tile_stats is None) != (tile_loss is None) or tile_target not in ("whole", "positions"):
         raise UsageError(f"term kind {name!r}: give both tile_stats and tile_loss (or "
                          "neither); tile_target is 'whole' or 'positions'")  # fmt: skip
+    if tile_stats is not None and (role == "image" or (tile_target == "positions"
+                                                       and role != "content")):  # fmt: skip
+        raise UsageError(f"term kind {name!r}: image kinds are not tiled (they read "
+                         "pixels); tile_target 'positions' is for content kinds")  # fmt: skip
     options = dict(options or {})
     clash = sorted(set(options) & set(RESERVED))
     if clash:

@@ -77,10 +77,11 @@ def meanstd_loss(feat_BxHxWxC, target_2xC, key):
     return sq.mean(axis=-1)
 
 
-def _meanstd_tile_stats(feat_BxHxWxC, target_2xC):
+def _meanstd_tile_stats(feat_BxHxWxC, target_2xC, weight_HxW):
     del target_2xC
-    x = flat(feat_BxHxWxC)
-    return jnp.stack([x.sum(axis=1), jnp.square(x).sum(axis=1)], axis=1)  # B x 2 x C
+    x, w = feat_BxHxWxC, weight_HxW
+    sums = [jnp.einsum("bhwc,hw->bc", x, w), jnp.einsum("bhwc,hw->bc", jnp.square(x), w)]
+    return jnp.stack(sums, axis=1)  # B x 2 x C
 
 
 def _meanstd_tile_loss(sums_Bx2xC, target_2xC, hw):
