@@ -71,11 +71,11 @@ def test_stylize_with_the_user_term_lowers_it(images, real_weights):
         images / "starry_night.jpg",
         weights=real_weights,
         style_loss=("gram", "test_meanstd:weight=100,layers=relu1_1+relu2_1"),
-        **SMALL,
+        **{**SMALL, "steps": 10},  # L-BFGS spends its first 2-3 steps finding its scale
     )
     assert img.shape == (24, 32, 3)
     values = m["terms"]["style/test_meanstd"]
-    assert len(values) == 6 and values[-1] < 0.5 * values[0]
+    assert len(values) == 10 and values[-1] < 0.5 * values[0]
     # the role sum is the sum of the style terms, the total the sum of all terms
     np.testing.assert_allclose(
         m["style_loss"][0], values[0] + m["terms"]["style/gram"][0], rtol=1e-5
