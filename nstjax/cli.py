@@ -197,13 +197,17 @@ def _cmd_cache_clear(args) -> int:
 
 
 def _cmd_cache_info(args) -> int:
+    from nstjax import aot  # noqa: PLC0415  (imports jax)
+
     path = process.compile_cache_dir()
     files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else []
     size = sum(f.stat().st_size for f in files)
+    whole = [f for f in files if f.parent.name == aot.SUBDIR]
     state = (
         "off (NSTJAX_COMPILE_CACHE=0)" if os.environ.get("NSTJAX_COMPILE_CACHE") == "0" else "on"
     )
-    print(f"compilation cache {state}: {path}, {len(files)} files, {size / 2**20:.1f} MiB")
+    print(f"compilation cache {state}: {path}, {len(files) - len(whole)} files, "
+          f"{len(whole)} whole executables ({aot.SUBDIR}), {size / 2**20:.1f} MiB")  # fmt: skip
     return 0
 
 

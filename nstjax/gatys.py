@@ -151,6 +151,7 @@ def stylize(
             m["compiles"] = {  # every program of the run: compiled, or from the cache
                 "compiled": compiles.count,
                 "cache_hits": compiles.cache_hits,
+                "whole_executables": compiles.aot_hits,  # of the hits: not even traced
                 "seconds": compiles.seconds,
             }
             w.write_summary(m)

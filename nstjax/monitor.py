@@ -9,6 +9,7 @@ import jax
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+_AOT_HIT_EVENT = "/nstjax/aot/cache_hits"  # nstjax.aot: a whole executable read back
 
 
 @dataclasses.dataclass
@@ -16,6 +17,7 @@ class Compiles:
     events: int = 0  # programs the backend produced (compiled, or read from the cache)
     seconds: float = 0.0
     cache_hits: int = 0  # programs read back from the persistent compilation cache
+    aot_hits: int = 0  # of which whole executables (nstjax.aot: no tracing either)
 
     @property
     def count(self) -> int:
@@ -36,6 +38,10 @@ def count_compiles():
     def hits(event: str, **kwargs) -> None:
         if event == _CACHE_HIT_EVENT:
             stats.cache_hits += 1
+        elif event == _AOT_HIT_EVENT:  # no backend compile event: count it as one
+            stats.events += 1
+            stats.cache_hits += 1
+            stats.aot_hits += 1
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     jax.monitoring.register_event_listener(hits)

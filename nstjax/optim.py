@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nstjax import objective, optimizers, xla_flags
+from nstjax import aot, objective, optimizers, xla_flags
 from nstjax.errors import UsageError
 from nstjax.settings import LOOPS
 
@@ -118,7 +118,11 @@ class ChunkRunner:
                 donate_argnums=(3,),
                 out_shardings=(state_sh, None),
             )
-            lowered = fn.lower(obj, opt, chunk_size, state, jnp.int32(0), ctx)
+            n0 = jnp.int32(0)
+            self._compiled = aot.compile(
+                "optim.run_chunk", lambda: fn.lower(obj, opt, chunk_size, state, n0, ctx),
+                (obj, opt, chunk_size), (state, n0, ctx), options,
+            )  # fmt: skip
         else:
             fn = jax.jit(
                 batched_step,
@@ -126,8 +130,10 @@ class ChunkRunner:
                 donate_argnums=(2,),
                 out_shardings=(state_sh, rec_sh),
             )
-            lowered = fn.lower(obj, opt, state, ctx)
-        self._compiled = lowered.compile(options)
+            self._compiled = aot.compile(
+                "optim.batched_step", lambda: fn.lower(obj, opt, state, ctx),
+                (obj, opt), (state, ctx), options,
+            )  # fmt: skip
         self.compile_seconds = time.perf_counter() - t0
 
     def __call__(self, state: dict, n_steps: int, ctx: dict):
@@ -159,4 +165,4 @@ def final_losses(obj: objective.Objective, image_RxBxHxWx3, key_Rx2, ctx) -> jax
     return jax.vmap(one)(image_RxBxHxWx3, key_Rx2, ctx["runs"])
 
 
-final_losses_jit = jax.jit(final_losses, static_argnums=(0,))
+final_losses_jit = aot.Jit(final_losses, static_argnums=(0,))

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nstjax import image, vgg
+from nstjax import aot, image, vgg
 from nstjax.errors import UsageError
 from nstjax.settings import blend_weights
 from nstjax.terms import registry
@@ -127,14 +127,14 @@ def make_spec(
 # ----------------------------------------------------------------------------- compiled
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@functools.partial(aot.Jit, static_argnums=(0, 3))
 def _forward(spec: Spec, params, pixels_1xHxWx3, layers: tuple[str, ...]):
     """One VGG forward: ``{layer: 1 x H' x W' x C}`` for ``layers``."""
     x = spec.preprocessing.to_network(pixels_1xHxWx3)
     return vgg.features(params, x, layers, spec.pooling, conv_impl="xla", ceil_mode=spec.ceil_mode)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+@functools.partial(aot.Jit, static_argnums=(0, 1, 3))
 def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
     """``{key: {layer: target}}`` of ``role``'s distances from one image's features."""
     kinds = spec.style if role == "style" else spec.content
@@ -153,7 +153,7 @@ def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
     return out
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
+@functools.partial(aot.Jit, static_argnums=(0,))
 def _scores(spec: Spec, feats, style_targets, content_targets, blend, key):
     """Every distance of one image (its features): ``{key: scalar}``; each the mean
     over the role's layers. A per-style-image target list blends the losses."""

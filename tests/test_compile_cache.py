@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
-from nstjax import cli
+from nstjax import aot, cli, process
 
 
 def _stylize(images, tmp_path, cache_dir, weights_cache, name):
@@ -29,10 +30,28 @@ def test_second_run_compiles_nothing(images, tmp_path, weights_cache, capsys, mo
     assert first["compiles"]["compiled"] > 5 and first["compiles"]["cache_hits"] == 0
     assert second["compiles"]["compiled"] == 0
     assert second["compiles"]["cache_hits"] == first["compiles"]["compiled"]
+    # the step and the final losses come back whole (not even traced)
+    whole = sorted((cache_dir / aot.SUBDIR).glob("*.bin"))
+    assert len(whole) >= 2 and second["compiles"]["whole_executables"] == len(whole)
+    assert first["compiles"]["whole_executables"] == 0
     assert second["loss"] == first["loss"]  # the cached programs compute the same
     monkeypatch.setenv("NSTJAX_COMPILE_CACHE", str(cache_dir))
     assert cli.main(["cache", "info"]) == 0
-    assert f"{cache_dir}, {first['compiles']['compiled']} files" in capsys.readouterr().out
+    jax_files = first["compiles"]["compiled"]  # JAX keeps every program it compiled
+    assert (f"{cache_dir}, {jax_files} files, {len(whole)} whole executables"
+            in capsys.readouterr().out)  # fmt: skip
+    # a damaged executable is never loaded: it is removed, JAX's cache serves the run
+    for f in whole:
+        f.write_bytes(f.read_bytes()[:-100] + bytes(100))
+    third = _stylize(images, tmp_path, cache_dir, weights_cache, "c")
+    assert third["compiles"]["whole_executables"] == 0 and third["loss"] == first["loss"]
+    assert third["compiles"]["compiled"] == 0 and not any(f.exists() for f in whole)
+    # ... and the program is kept whole again once it really compiles
+    process.clear_compile_cache()
+    _stylize(images, tmp_path, cache_dir, weights_cache, "d")
+    fifth = _stylize(images, tmp_path, cache_dir, weights_cache, "e")
+    assert fifth["compiles"]["whole_executables"] == len(whole)
+    assert fifth["loss"] == first["loss"]
     assert cli.main(["cache", "clear"]) == 0
     assert not cache_dir.exists()
 
@@ -41,3 +60,33 @@ def test_cache_can_be_turned_off(images, tmp_path, weights_cache, monkeypatch):
     m = _stylize(images, tmp_path, "0", weights_cache, "off")
     assert m["compiles"]["cache_hits"] == 0
     assert not (tmp_path / "0").exists()
+
+
+def test_whole_executables_need_a_key_the_source_covers(monkeypatch, tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from nstjax.terms import registry
+
+    monkeypatch.setenv("NSTJAX_COMPILE_CACHE", str(tmp_path))
+    x = jnp.ones((2, 3))
+    k = aot.key("f", ("static",), (x,), None)
+    assert k is not None and k == aot.key("f", ("static",), (x,), None)
+    assert aot.key("f", ("static",), (jnp.ones((2, 4)),), None) != k  # shapes
+    assert aot.key("f", ("other",), (x,), None) != k  # static arguments
+    assert aot.key("f", (object(),), (x,), None) is None  # repr with an address
+    # a kind registered from user code: its function is outside the package
+    kind = registry.KINDS["gram"]
+    monkeypatch.setitem(
+        registry.KINDS, "mine", dataclasses.replace(kind, name="mine", loss=lambda *a, **o: 0)
+    )
+    assert aot.key("f", ("static",), (x,), None) is None
+    monkeypatch.delitem(registry.KINDS, "mine")
+    # programs with custom calls (LAPACK's eigh) are not kept
+    eigh = jax.jit(lambda a: jnp.linalg.eigh(a @ a.T)[0]).lower(x).compile()
+    assert not aot.store(k, eigh) and not list((tmp_path / aot.SUBDIR).glob("*.bin"))
+    plain = jax.jit(lambda a: a * 2).lower(x).compile()
+    assert aot.store(k, plain)
+    assert float(aot.load(k, (x,))(x)[0, 0]) == 2.0
+    monkeypatch.setenv("NSTJAX_AOT", "0")
+    assert aot.directory() is None and aot.load(k, (x,)) is None

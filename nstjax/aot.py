@@ -1,0 +1,244 @@
+"""Whole compiled programs kept on disk, so that a warm run neither traces nor lowers.
+
+JAX's persistent compilation cache (:mod:`nstjax.process`) skips XLA's compile on a
+second run, but its key is the lowered program: every run still traces the Python
+function and lowers it first. For the Winograd step that is 5-9 s per run on the 2-core
+CPU, more than the rest of a warm start together. :func:`jit` wraps ``jax.jit``: the
+first call of a shape compiles as usual and writes the executable
+(``jax.experimental.serialize_executable``) to ``<compile cache>/nstjax-aot/``; later
+processes read it back instead of tracing.
+
+The key is a SHA-256 of everything that decides the program without tracing it:
+
+* the source of the whole ``nstjax`` package (any edit makes new keys);
+* jax and jaxlib versions, the backend's platform and version, the devices' kind, the
+  CPU's feature flags, ``XLA_FLAGS`` and the compiler options;
+* the function's module and name, the static arguments' ``repr`` and the dynamic ones'
+  tree structure, shapes, dtypes, weak types and shardings.
+
+What the source cannot cover switches the store off (plain ``jax.jit`` then, with
+JAX's own cache): a loss kind registered from user code (its function lives outside
+the package), a static argument whose ``repr`` names a memory address, several
+processes, ``NSTJAX_COMPILE_CACHE=0`` (or ``NSTJAX_AOT=0``). A file that does not
+load (its SHA-256 does not match, another build) is compiled again and replaced;
+files are written atomically. Programs with custom calls (``eigh``'s LAPACK kernel, in
+the ``w2`` loss and the panel) are not kept: reloading them crashed the process with
+jax 0.10.2 on CPU. Like JAX's cache, the directory holds machine code and must be trusted:
+keep it private to the user (it is created 0o700 here).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jaxlib
+
+from nstjax import atomic, monitor, process
+from nstjax.terms import registry
+
+MAGIC = b"nstjax-aot-1\n"
+SUBDIR = "nstjax-aot"
+HIT_EVENT = "/nstjax/aot/cache_hits"
+MISS_EVENT = "/nstjax/aot/stored"
+
+
+def directory(environ=os.environ) -> Path | None:
+    """Where executables are kept, or None when the store is off."""
+    if environ.get("NSTJAX_COMPILE_CACHE", "1") == "0" or environ.get("NSTJAX_AOT", "1") == "0":
+        return None
+    return process.compile_cache_dir(environ) / SUBDIR
+
+
+@functools.cache
+def cpu_features() -> str:
+    """The CPU's feature flags (XLA:CPU compiles for the host's instruction set: code
+    built with AVX-512 must not load on a machine without it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+@functools.cache
+def source_fingerprint() -> str:
+    """SHA-256 of every ``.py`` file of the package (path and bytes)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _builtin_kinds_only() -> bool:
+    """True when every registered loss kind's functions are nstjax's own."""
+    for kind in registry.KINDS.values():
+        for value in vars(kind).values():
+            if callable(value) and not getattr(value, "__module__", "").startswith("nstjax."):
+                return False
+    return True
+
+
+def _leaf_key(x) -> str:
+    if isinstance(x, jax.Array):
+        return f"A{x.shape}{x.dtype}w{x.weak_type}{x.sharding!r}"
+    if hasattr(x, "shape") and hasattr(x, "dtype"):  # numpy
+        return f"N{tuple(x.shape)}{x.dtype}"
+    return f"P{type(x).__name__}"  # Python scalars: weakly typed dynamic arguments
+
+
+def key(name: str, statics: Sequence, dynamics: Sequence, options: dict | None) -> str | None:
+    """The store's key of one call, or None when it cannot be keyed safely."""
+    if jax.process_count() > 1 or not _builtin_kinds_only():
+        return None
+    static = repr(tuple(statics))
+    if " at 0x" in static:
+        return None
+    leaves, tree = jax.tree.flatten(tuple(dynamics))
+    if not leaves or not isinstance(leaves[0], jax.Array):
+        return None  # uncommitted inputs: let jit place them
+    backend = jax.default_backend()
+    client = jax.devices(backend)[0].client
+    parts = [
+        MAGIC.decode(), source_fingerprint(), jax.__version__, jaxlib.__version__, backend,
+        client.platform_version, cpu_features(),
+        repr(sorted({d.device_kind for d in jax.devices(backend)})),
+        os.environ.get("XLA_FLAGS", ""), repr(sorted((options or {}).items())),
+        name, static, str(tree), *map(_leaf_key, leaves),
+    ]  # fmt: skip
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+def _devices(dynamics) -> list | None:
+    leaf = jax.tree.leaves(tuple(dynamics))[0]
+    sharding = leaf.sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is not None:
+        return list(mesh.devices.flat)
+    return sorted(sharding.device_set, key=lambda d: d.id)
+
+
+def load(k: str, dynamics) -> jax.stages.Compiled | None:
+    """The stored executable of key ``k``, or None (absent, unreadable, stale)."""
+    d = directory()
+    if d is None:
+        return None
+    path = d / f"{k}.bin"
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    if not blob.startswith(MAGIC):
+        return None
+    try:
+        from jax.experimental import serialize_executable  # noqa: PLC0415
+
+        digest, payload = blob[len(MAGIC) : len(MAGIC) + 32], blob[len(MAGIC) + 32 :]
+        if hashlib.sha256(payload).digest() != digest:
+            path.unlink(missing_ok=True)
+            return None  # damaged: never hand damaged machine code to the loader
+        serialized, in_tree, out_tree = pickle.loads(payload)
+        compiled = serialize_executable.deserialize_and_load(
+            serialized, in_tree, out_tree, execution_devices=_devices(dynamics)
+        )
+    except Exception:  # noqa: BLE001  (another build's file: compile again)
+        path.unlink(missing_ok=True)
+        return None
+    jax.monitoring.record_event(HIT_EVENT)
+    return compiled
+
+
+def store(k: str, compiled: jax.stages.Compiled) -> bool:
+    """Writes ``compiled`` under key ``k`` (atomically); False when it cannot be kept."""
+    d = directory()
+    if d is None:
+        return False
+    try:
+        from jax.experimental import serialize_executable  # noqa: PLC0415
+
+        if "custom_call_target" in compiled.as_text():
+            return False  # LAPACK & co.: their handlers do not survive a reload (segfault)
+        serialized, in_tree, out_tree = serialize_executable.serialize(compiled)
+        payload = pickle.dumps((serialized, in_tree, out_tree), protocol=5)
+        blob = MAGIC + hashlib.sha256(payload).digest() + payload
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic.write_bytes(d / f"{k}.bin", blob)
+    except Exception:  # noqa: BLE001  (not serializable, disk full: keep running)
+        return False
+    jax.monitoring.record_event(MISS_EVENT)
+    return True
+
+
+def compile(  # noqa: A001  (the verb of jax.stages)
+    name: str,
+    lower: Callable[[], jax.stages.Lowered],
+    statics: Sequence,
+    dynamics: Sequence,
+    options: dict | None = None,
+) -> jax.stages.Compiled:
+    """``lower().compile(options)``, or the stored executable of the same key."""
+    k = key(name, statics, dynamics, options)
+    if k is not None:
+        compiled = load(k, dynamics)
+        if compiled is not None:
+            return compiled
+    return _compile_and_store(k, lambda: lower().compile(options))
+
+
+def _compile_and_store(k: str | None, compile_fn) -> jax.stages.Compiled:
+    """Compiles; stores the result only if XLA really compiled it: an executable that
+    JAX's own cache handed back serializes without its code ('Function ... not found'
+    when the stored copy runs), so such a program is kept by JAX's cache alone until
+    ``nstjax cache clear``."""
+    with monitor.count_compiles() as compiles:
+        compiled = compile_fn()
+    if k is not None and compiles.cache_hits == 0:
+        store(k, compiled)
+    return compiled
+
+
+class Jit:
+    """``jax.jit(fun, static_argnums=...)`` whose executables go through the store.
+
+    Calls with the same key in one process reuse the loaded executable. Meant for the
+    programs that run a few times per run (targets, final losses, the panel); a hot
+    loop should call :func:`compile`'s result directly.
+    """
+
+    def __init__(self, fun: Callable, static_argnums: Sequence[int] = (), **jit_kwargs):
+        self.fun = fun
+        self.static = tuple(static_argnums)
+        self.jitted = jax.jit(fun, static_argnums=self.static, **jit_kwargs)
+        self.name = f"{fun.__module__}.{getattr(fun, '__qualname__', fun)}"
+        self._loaded: dict[str, jax.stages.Compiled] = {}
+        functools.update_wrapper(self, fun)
+
+    def __call__(self, *args):
+        if directory() is None:
+            return self.jitted(*args)
+        statics = [args[i] for i in self.static]
+        dynamics = [a for i, a in enumerate(args) if i not in self.static]
+        k = key(self.name, statics, dynamics, None)
+        if k is None:
+            return self.jitted(*args)
+        compiled = self._loaded.get(k)
+        if compiled is None:
+            compiled = load(k, dynamics)
+            if compiled is None:
+                compiled = _compile_and_store(k, lambda: self.jitted.lower(*args).compile())
+            self._loaded[k] = compiled
+        return compiled(*dynamics)
+
+    def lower(self, *args, **kwargs):
+        return self.jitted.lower(*args, **kwargs)
