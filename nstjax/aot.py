@@ -216,10 +216,19 @@ class Jit:
     loop should call :func:`compile`'s result directly.
     """
 
-    def __init__(self, fun: Callable, static_argnums: Sequence[int] = (), **jit_kwargs):
+    def __init__(
+        self,
+        fun: Callable,
+        static_argnums: Sequence[int] = (),
+        compiler_options: dict | None = None,
+        **jit_kwargs,
+    ):
         self.fun = fun
         self.static = tuple(static_argnums)
-        self.jitted = jax.jit(fun, static_argnums=self.static, **jit_kwargs)
+        self.options = dict(compiler_options or {})
+        self.jitted = jax.jit(
+            fun, static_argnums=self.static, compiler_options=self.options or None, **jit_kwargs
+        )
         self.name = f"{fun.__module__}.{getattr(fun, '__qualname__', fun)}"
         self._loaded: dict[str, jax.stages.Compiled] = {}
         functools.update_wrapper(self, fun)
@@ -229,14 +238,16 @@ class Jit:
             return self.jitted(*args)
         statics = [args[i] for i in self.static]
         dynamics = [a for i, a in enumerate(args) if i not in self.static]
-        k = key(self.name, statics, dynamics, None)
+        k = key(self.name, statics, dynamics, self.options)
         if k is None:
             return self.jitted(*args)
         compiled = self._loaded.get(k)
         if compiled is None:
             compiled = load(k, dynamics)
             if compiled is None:
-                compiled = _compile_and_store(k, lambda: self.jitted.lower(*args).compile())
+                compiled = _compile_and_store(
+                    k, lambda: self.jitted.lower(*args).compile(self.options or None)
+                )
             self._loaded[k] = compiled
         return compiled(*dynamics)
 

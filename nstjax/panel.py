@@ -134,7 +134,16 @@ def _forward(spec: Spec, params, pixels_1xHxWx3, layers: tuple[str, ...]):
     return vgg.features(params, x, layers, spec.pooling, conv_impl="xla", ceil_mode=spec.ceil_mode)
 
 
-@functools.partial(aot.Jit, static_argnums=(0, 1, 3))
+ONE_OFF_OPTIONS = {"xla_backend_optimization_level": 1}
+"""The panel's targets and distances run a few times per image shape, and the program
+that scores every registered distance is the largest one a run compiles (17-21 s at
+256 px on the 2-core CPU, against 17.5 s for the Winograd step). LLVM at level 1 instead
+of 2 built the panel in 25 s instead of 30 s (256 px, cache off) with calls as fast
+(0.88-0.92 s against 0.98-1.10 s); level 0 built it in 20 s but each call took 1.4-1.7 s,
+which a warm run pays three times."""
+
+
+@functools.partial(aot.Jit, static_argnums=(0, 1, 3), compiler_options=ONE_OFF_OPTIONS)
 def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
     """``{key: {layer: target}}`` of ``role``'s distances from one image's features."""
     kinds = spec.style if role == "style" else spec.content
@@ -153,7 +162,7 @@ def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
     return out
 
 
-@functools.partial(aot.Jit, static_argnums=(0,))
+@functools.partial(aot.Jit, static_argnums=(0,), compiler_options=ONE_OFF_OPTIONS)
 def _scores(spec: Spec, feats, style_targets, content_targets, blend, key):
     """Every distance of one image (its features): ``{key: scalar}``; each the mean
     over the role's layers. A per-style-image target list blends the losses."""
