@@ -40,8 +40,9 @@ from pathlib import Path
 import jax
 import jaxlib
 
-from nstjax import atomic, monitor, process
+from nstjax import atomic, monitor
 from nstjax.terms import registry
+from nstjax.weights import cache
 
 MAGIC = b"nstjax-aot-1\n"
 SUBDIR = "nstjax-aot"
@@ -53,7 +54,7 @@ def directory(environ=os.environ) -> Path | None:
     """Where executables are kept, or None when the store is off."""
     if environ.get("NSTJAX_COMPILE_CACHE", "1") == "0" or environ.get("NSTJAX_AOT", "1") == "0":
         return None
-    return process.compile_cache_dir(environ) / SUBDIR
+    return cache.compile_cache_dir(environ) / SUBDIR
 
 
 @functools.cache

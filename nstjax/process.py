@@ -28,13 +28,11 @@ _DONE: dict = {}
 
 
 def compile_cache_dir(environ=os.environ) -> Path:
-    """``$NSTJAX_COMPILE_CACHE`` if it names a directory, else ``<nstjax cache>/xla``."""
-    value = environ.get("NSTJAX_COMPILE_CACHE", "1")
-    if value not in ("0", "1", ""):
-        return Path(value)
-    from nstjax.weights import cache  # noqa: PLC0415  (reads the environment only)
+    """:func:`nstjax.weights.cache.compile_cache_dir` (imported when called: it needs
+    numpy, which the CLI's start does not)."""
+    from nstjax.weights import cache  # noqa: PLC0415
 
-    return cache.cache_dir() / "xla"
+    return cache.compile_cache_dir(environ)
 
 
 def enable_compile_cache(environ=os.environ) -> str | None:

@@ -28,6 +28,15 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "nstjax"
 
 
+def compile_cache_dir(environ=os.environ) -> Path:
+    """Compiled programs: ``$NSTJAX_COMPILE_CACHE`` if it names a directory, else
+    ``<cache_dir>/xla`` (JAX's persistent cache, and :mod:`nstjax.aot` below it)."""
+    value = environ.get("NSTJAX_COMPILE_CACHE", "1")
+    if value not in ("0", "1", ""):
+        return Path(value)
+    return cache_dir() / "xla"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
