@@ -162,10 +162,58 @@ def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
     return out
 
 
-@functools.partial(aot.Jit, static_argnums=(0,), compiler_options=ONE_OFF_OPTIONS)
-def _scores(spec: Spec, feats, style_targets, content_targets, blend, key):
-    """Every distance of one image (its features): ``{key: scalar}``; each the mean
-    over the role's layers. A per-style-image target list blends the losses."""
+LINALG_PRIMITIVES = frozenset(
+    ("eigh", "eig", "svd", "qr", "geqrf", "geqp3", "householder_product", "cholesky", "lu",
+     "triangular_solve", "schur", "hessenberg", "tridiagonal", "tridiagonal_solve")
+)  # fmt: skip
+"""Primitives that XLA:CPU runs as custom calls into LAPACK: a program holding one is
+not kept whole on disk (:mod:`nstjax.aot`), so the panel scores such distances in a
+program of their own and the rest loads without tracing."""
+
+
+def _primitives(jaxpr) -> set[str]:
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names |= _primitives(inner)
+    return names
+
+
+@functools.cache
+def _uses_linalg(role: str, name: str, options: tuple) -> bool:
+    """Whether kind ``name``'s loss traces to a LAPACK primitive (on a tiny input; a
+    kind that does not trace there counts as one, which only costs it the disk store)."""
+    kind = registry.get(name)
+    opts = dict(options)
+    try:
+        feat = jnp.ones((1, 4, 4, 8), jnp.float32)
+        target = kind.targets(feat, (4, 4, 8), **opts)
+        jaxpr = jax.make_jaxpr(lambda f, t: kind.loss(f, t, jax.random.PRNGKey(0), **opts))(
+            feat, target
+        )
+    except Exception:  # noqa: BLE001
+        return True
+    return bool(_primitives(jaxpr.jaxpr) & LINALG_PRIMITIVES)
+
+
+def _score_groups(spec: Spec) -> tuple[tuple[str, ...], ...]:
+    """The distances' keys split in two programs: without and with LAPACK."""
+    entries = [("style", e) for e in spec.style] + [("content", e) for e in spec.content]
+    linalg = tuple(k for role, (k, n, o) in entries if _uses_linalg(role, n, o))
+    plain = tuple(k for _, (k, _, _) in entries if k not in linalg)
+    return tuple(g for g in (plain, linalg) if g)
+
+
+@functools.partial(aot.Jit, static_argnums=(0, 1), compiler_options=ONE_OFF_OPTIONS)
+def _scores(spec: Spec, only: tuple[str, ...], feats, style_targets, content_targets, blend,
+            key):  # fmt: skip
+    """The distances ``only`` of one image (its features): ``{key: scalar}``; each the
+    mean over the role's layers. A per-style-image target list blends the losses. Keys
+    fold in each distance's place in ``spec``, whichever subset is computed."""
     out = {}
     groups = (
         ("style", spec.style, spec.style_layers, style_targets),
@@ -173,6 +221,8 @@ def _scores(spec: Spec, feats, style_targets, content_targets, blend, key):
     )
     for r, (_, kinds, layers, targets) in enumerate(groups):
         for i, (k, name, options) in enumerate(kinds):
+            if k not in only:
+                continue
             kind = registry.get(name)
             opts = dict(options)
             k_t = jax.random.fold_in(jax.random.fold_in(key, r), i)
@@ -323,11 +373,22 @@ class Panel:
         return cls(vgg_params, content, styles, **kwargs)
 
     def _score(self, feats) -> dict[str, float]:
-        return _floats(
-            _scores(
-                self.spec, feats, self.style_targets, self.content_targets, self.blend, self.key
-            )  # fmt: skip
-        )
+        out = {}
+        for only in _score_groups(self.spec):
+            out.update(
+                _floats(
+                    _scores(
+                        self.spec,
+                        only,
+                        feats,
+                        self.style_targets,
+                        self.content_targets,
+                        self.blend,
+                        self.key,
+                    )  # fmt: skip
+                )
+            )
+        return dict(sorted(out.items()))  # as one program's output dict was
 
     def distances(self, output) -> dict[str, float]:
         """The raw distances of ``output`` (pixel space, the content's size)."""

@@ -59,6 +59,16 @@ def test_one_forward_per_image_and_one_compile_per_shape(the_panel, pics, monkey
         the_panel(content[:-2])
 
 
+def test_lapack_distances_score_in_a_program_of_their_own():
+    """w2's eigh is a LAPACK custom call, which nstjax.aot does not keep on disk: the
+    other distances share a program that a warm run loads whole."""
+    spec = panel.make_spec()
+    plain, linalg = panel._score_groups(spec)
+    assert linalg == ("style/w2",)
+    assert set(plain) == set(spec.keys) - {"style/w2"}
+    assert {"style/gram", "style/mrf", "content/selfsim"} <= set(plain)
+
+
 @pytest.mark.parametrize("term", ["gram", "sliced_w2"])
 def test_a_stylized_image_is_closer_in_its_term(term, the_panel, pics, real_weights):
     content, style = pics
