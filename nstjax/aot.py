@@ -3,10 +3,10 @@
 JAX's persistent compilation cache (:mod:`nstjax.process`) skips XLA's compile on a
 second run, but its key is the lowered program: every run still traces the Python
 function and lowers it first. For the Winograd step that is 5-9 s per run on the 2-core
-CPU, more than the rest of a warm start together. :func:`jit` wraps ``jax.jit``: the
-first call of a shape compiles as usual and writes the executable
-(``jax.experimental.serialize_executable``) to ``<compile cache>/nstjax-aot/``; later
-processes read it back instead of tracing.
+CPU, more than the rest of a warm start together. :func:`compile` (for a program the
+caller lowers) and :class:`Jit` (a ``jax.jit`` stand-in) compile a shape as usual the
+first time and write the executable (``jax.experimental.serialize_executable``) to
+``<compile cache>/nstjax-aot/``; later processes read it back instead of tracing.
 
 The key is a SHA-256 of everything that decides the program without tracing it:
 
@@ -20,11 +20,12 @@ What the source cannot cover switches the store off (plain ``jax.jit`` then, wit
 JAX's own cache): a loss kind registered from user code (its function lives outside
 the package), a static argument whose ``repr`` names a memory address, several
 processes, ``NSTJAX_COMPILE_CACHE=0`` (or ``NSTJAX_AOT=0``). A file that does not
-load (its SHA-256 does not match, another build) is compiled again and replaced;
-files are written atomically. Programs with custom calls (``eigh``'s LAPACK kernel, in
-the ``w2`` loss and the panel) are not kept: reloading them crashed the process with
-jax 0.10.2 on CPU. Like JAX's cache, the directory holds machine code and must be trusted:
-keep it private to the user (it is created 0o700 here).
+load (its SHA-256 does not match, another build) is deleted, never handed to the
+loader; files are written atomically. Not kept: programs with custom calls (``eigh``'s
+LAPACK kernel, in the ``w2`` loss: reloading one crashed the process with jax 0.10.2 on
+CPU) and executables that JAX's cache handed back (see :func:`_compile_and_store`).
+Like JAX's cache, the directory holds machine code and must be trusted: keep it private
+to the user (it is created 0o700 here).
 """
 
 from __future__ import annotations
