@@ -40,6 +40,7 @@ from pathlib import Path
 
 import jax
 import jaxlib
+import numpy as np
 
 from nstjax import atomic, monitor
 from nstjax.terms import registry
@@ -93,7 +94,7 @@ def _builtin_kinds_only() -> bool:
 
 
 def _leaf_key(x) -> str:
-    if isinstance(x, jax.Array):
+    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
         return f"A{x.shape}{x.dtype}w{x.weak_type}{x.sharding!r}"
     if hasattr(x, "shape") and hasattr(x, "dtype"):  # numpy
         return f"N{tuple(x.shape)}{x.dtype}"
@@ -108,7 +109,7 @@ def key(name: str, statics: Sequence, dynamics: Sequence, options: dict | None) 
     if " at 0x" in static:
         return None
     leaves, tree = jax.tree.flatten(tuple(dynamics))
-    if not leaves or not isinstance(leaves[0], jax.Array):
+    if not leaves or not isinstance(leaves[0], (jax.Array, jax.ShapeDtypeStruct)):
         return None  # uncommitted inputs: let jit place them
     backend = jax.default_backend()
     client = jax.devices(backend)[0].client
@@ -208,6 +209,66 @@ def _compile_and_store(k: str | None, compile_fn) -> jax.stages.Compiled:
     if k is not None and compiles.cache_hits == 0:
         store(k, compiled)
     return compiled
+
+
+def exists(k: str | None) -> bool:
+    """Whether key ``k`` has a stored executable (not checked until loaded)."""
+    d = directory()
+    return k is not None and d is not None and (d / f"{k}.bin").is_file()
+
+
+def _sharding_desc(s) -> tuple | None:
+    mesh = getattr(s, "mesh", None)
+    if isinstance(s, jax.sharding.NamedSharding) and isinstance(mesh, jax.sharding.Mesh):
+        ids = tuple(d.id for d in mesh.devices.flat)
+        return ("named", ids, mesh.devices.shape, mesh.axis_names, tuple(s.spec), s.memory_kind)
+    if isinstance(s, jax.sharding.SingleDeviceSharding):
+        return ("single", next(iter(s.device_set)).id, s.memory_kind)
+    return None
+
+
+def abstract(tree):
+    """A picklable description of a tree of arrays (shape, dtype, weak type, sharding),
+    for another process to lower the same program; None if a sharding is not plain."""
+    leaves, treedef = jax.tree.flatten(tree)
+    out = []
+    for x in leaves:
+        if not isinstance(x, jax.Array):
+            return None
+        desc = _sharding_desc(x.sharding)
+        if desc is None:
+            return None
+        out.append((tuple(x.shape), x.dtype.name, bool(x.weak_type), desc))
+    return treedef, out
+
+
+def shapes(description):
+    """:func:`abstract`'s description as a tree of ``jax.ShapeDtypeStruct``."""
+    treedef, leaves = description
+    devices = {d.id: d for d in jax.devices()}
+    cache: dict = {}
+
+    def sharding(desc):
+        if desc not in cache:
+            if desc[0] == "named":
+                _, ids, dshape, axes, spec, memory_kind = desc
+                mesh = jax.sharding.Mesh(
+                    np.array([devices[i] for i in ids], dtype=object).reshape(dshape), axes
+                )
+                cache[desc] = jax.sharding.NamedSharding(
+                    mesh, jax.sharding.PartitionSpec(*spec), memory_kind=memory_kind
+                )
+            else:
+                cache[desc] = jax.sharding.SingleDeviceSharding(
+                    devices[desc[1]], memory_kind=desc[2]
+                )
+        return cache[desc]
+
+    sds = [
+        jax.ShapeDtypeStruct(shape, np.dtype(dtype), sharding=sharding(desc), weak_type=weak)
+        for shape, dtype, weak, desc in leaves
+    ]
+    return jax.tree.unflatten(treedef, sds)
 
 
 class Jit:

@@ -63,6 +63,7 @@ class Job:
     content_rgb: np.ndarray | None = None  # luminance-only transfer: for its I and Q
     memory_estimate: dict | None = None  # nstjax.memory.estimate of the run
     images: tuple = ()  # (content HxWx3, [styles], blend): pixel space, as loaded
+    panel_child: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def panel(self, output_HxWx3: np.ndarray, cache: dict | None = None) -> dict | None:
         """The distance panel of an output (``nstjax.panel``), or None when switched off.
@@ -71,6 +72,9 @@ class Job:
             return None
         from nstjax import panel as panel_lib  # noqa: PLC0415
 
+        if self.panel_child is not None:  # compiling it in a child: read it back once done
+            self.panel_child.wait()
+            self.panel_child = None
         content, styles, blend = self.images
         key = (id(content), tuple(id(s) for s in styles), tuple(blend), self.program.objective)
         cache = {} if cache is None else cache
@@ -80,6 +84,20 @@ class Job:
             )
         raw, normalized = cache[key](np.asarray(output_HxWx3, np.float32))
         return {"raw": raw, "normalized": normalized}
+
+    def prewarm_panel(self) -> None:
+        """Starts compiling :meth:`panel`'s programs in a child process
+        (:mod:`nstjax.child`; a cold run, beside the step's child); :meth:`panel` waits."""
+        if self.settings.panel != "on" or not self.images or self.panel_child is not None:
+            return
+        from nstjax import child  # noqa: PLC0415
+        from nstjax import panel as panel_lib  # noqa: PLC0415
+
+        content, styles, blend = self.images
+        params = jax.tree.map(np.asarray, self.vgg_params)
+        self.panel_child = child.Child(
+            panel_lib.prebuild, self.program.objective, params, content, list(styles), blend
+        )
 
     def finish(self, image_HxWxC: np.ndarray) -> np.ndarray:
         """The optimized image as RGB pixels (luminance-only: recombined with the

@@ -152,6 +152,7 @@ def stylize(
                 "compiled": compiles.count,
                 "cache_hits": compiles.cache_hits,
                 "whole_executables": compiles.aot_hits,  # of the hits: not even traced
+                "children": compiles.children,  # cold programs compiled in child processes
                 "seconds": compiles.seconds,
             }
             w.write_summary(m)

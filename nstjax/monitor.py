@@ -10,6 +10,7 @@ import jax
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _AOT_HIT_EVENT = "/nstjax/aot/cache_hits"  # nstjax.aot: a whole executable read back
+_CHILD_EVENT = "/nstjax/child/started"  # nstjax.child: a program compiled in a child
 
 
 @dataclasses.dataclass
@@ -18,6 +19,7 @@ class Compiles:
     seconds: float = 0.0
     cache_hits: int = 0  # programs read back from the persistent compilation cache
     aot_hits: int = 0  # of which whole executables (nstjax.aot: no tracing either)
+    children: int = 0  # compile children started (nstjax.child): their programs load here
 
     @property
     def count(self) -> int:
@@ -42,6 +44,8 @@ def count_compiles():
             stats.events += 1
             stats.cache_hits += 1
             stats.aot_hits += 1
+        elif event == _CHILD_EVENT:
+            stats.children += 1
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     jax.monitoring.register_event_listener(hits)

@@ -98,42 +98,59 @@ def resolve_loop(loop: str) -> str:
     return loop
 
 
-class ChunkRunner:
-    """Compiles the batched step (or chunk) once; then runs chunks of steps.
+def _program(obj, opt, chunk_size: int, loop: str, state: dict, ctx: dict):
+    """The step program of ``loop`` (resolved): (name, lower, statics, dynamics, options)
+    for :func:`aot.compile`. ``state`` and ``ctx`` may be arrays or ShapeDtypeStructs.
 
     The state is donated and its output pinned to the input's sharding, so that the
-    compiled program accepts its own output. ``compile_seconds`` is measured.
-    """
+    compiled program accepts its own output."""
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    rec_sh = jax.tree.leaves(state_sh)[0]
+    options = xla_flags.step_compiler_options(jax.default_backend())
+    if loop == "device":
+        fn = jax.jit(run_chunk, static_argnums=(0, 1, 2), donate_argnums=(3,),
+                     out_shardings=(state_sh, None))  # fmt: skip
+        n0 = jnp.int32(0)
+        return ("optim.run_chunk", lambda: fn.lower(obj, opt, chunk_size, state, n0, ctx),
+                (obj, opt, chunk_size), (state, n0, ctx), options)  # fmt: skip
+    fn = jax.jit(batched_step, static_argnums=(0, 1), donate_argnums=(2,),
+                 out_shardings=(state_sh, rec_sh))  # fmt: skip
+    return ("optim.batched_step", lambda: fn.lower(obj, opt, state, ctx), (obj, opt),
+            (state, ctx), options)  # fmt: skip
+
+
+def precompile(obj, opt, chunk_size: int, loop: str, state_desc, ctx_desc) -> None:
+    """Compiles the step program into the store from shapes alone (in a compile child,
+    :mod:`nstjax.child`)."""
+    ChunkRunner(obj, opt, chunk_size, loop, aot.shapes(state_desc), aot.shapes(ctx_desc))
+
+
+def start_precompile(obj, opt, chunk_size: int, loop: str, state: dict, ctx: dict):
+    """A :class:`nstjax.child.Child` compiling the step program when it is not stored
+    yet and children are on; else None."""
+    from nstjax import child  # noqa: PLC0415
+
+    loop = resolve_loop(loop)
+    if not child.enabled():
+        return None
+    name, _, statics, dynamics, options = _program(obj, opt, chunk_size, loop, state, ctx)
+    k = aot.key(name, statics, dynamics, options)
+    state_desc, ctx_desc = aot.abstract(state), aot.abstract(ctx)
+    if k is None or aot.exists(k) or state_desc is None or ctx_desc is None:
+        return None
+    return child.Child(precompile, obj, opt, chunk_size, loop, state_desc, ctx_desc)
+
+
+class ChunkRunner:
+    """Compiles the batched step (or chunk) once (:func:`_program`); then runs chunks of
+    steps. ``compile_seconds`` is measured."""
 
     def __init__(self, obj, opt, chunk_size: int, loop: str, state: dict, ctx: dict):
         self.loop = resolve_loop(loop)
-        state_sh = jax.tree.map(lambda x: x.sharding, state)
-        rec_sh = jax.tree.leaves(state_sh)[0]
-        options = xla_flags.step_compiler_options(jax.default_backend())
         t0 = time.perf_counter()
-        if self.loop == "device":
-            fn = jax.jit(
-                run_chunk,
-                static_argnums=(0, 1, 2),
-                donate_argnums=(3,),
-                out_shardings=(state_sh, None),
-            )
-            n0 = jnp.int32(0)
-            self._compiled = aot.compile(
-                "optim.run_chunk", lambda: fn.lower(obj, opt, chunk_size, state, n0, ctx),
-                (obj, opt, chunk_size), (state, n0, ctx), options,
-            )  # fmt: skip
-        else:
-            fn = jax.jit(
-                batched_step,
-                static_argnums=(0, 1),
-                donate_argnums=(2,),
-                out_shardings=(state_sh, rec_sh),
-            )
-            self._compiled = aot.compile(
-                "optim.batched_step", lambda: fn.lower(obj, opt, state, ctx),
-                (obj, opt), (state, ctx), options,
-            )  # fmt: skip
+        name, lower, statics, dynamics, options = _program(obj, opt, chunk_size, self.loop,
+                                                           state, ctx)  # fmt: skip
+        self._compiled = aot.compile(name, lower, statics, dynamics, options)
         self.compile_seconds = time.perf_counter() - t0
 
     def __call__(self, state: dict, n_steps: int, ctx: dict):

@@ -414,6 +414,12 @@ class Panel:
         return raw, self.normalize(raw)
 
 
+def prebuild(obj, vgg_params, content, styles, blend) -> None:
+    """Builds ``Panel.for_objective(...)`` for its side effect: every program compiled
+    into the store (a compile child, :mod:`nstjax.child`; ``Job.prewarm_panel``)."""
+    Panel.for_objective(obj, vgg_params, content, styles, blend=blend)
+
+
 def distance_panel(
     vgg_params, output, content, styles, **kwargs
 ) -> tuple[dict[str, float], dict[str, float]]:
