@@ -11,8 +11,9 @@ import sys
 from nstjax import aot, cli, process
 
 
-def _stylize(images, tmp_path, cache_dir, weights_cache, name):
-    env = dict(os.environ, NSTJAX_COMPILE_CACHE=str(cache_dir), NSTJAX_CACHE=str(weights_cache))
+def _stylize(images, tmp_path, cache_dir, weights_cache, name, children="0", panel=None):
+    env = dict(os.environ, NSTJAX_COMPILE_CACHE=str(cache_dir), NSTJAX_CACHE=str(weights_cache),
+               NSTJAX_COMPILE_CHILD=children, NSTJAX_PANEL=panel or os.environ["NSTJAX_PANEL"])
     metrics = tmp_path / f"{name}.json"
     subprocess.run(
         [sys.executable, "-m", "nstjax", "stylize", "--content", str(images / "tubingen.jpg"),
@@ -54,6 +55,32 @@ def test_second_run_compiles_nothing(images, tmp_path, weights_cache, capsys, mo
     assert fifth["loss"] == first["loss"]
     assert cli.main(["cache", "clear"]) == 0
     assert not cache_dir.exists()
+
+
+def test_cold_programs_compile_in_children(images, tmp_path, weights_cache):
+    here = _stylize(images, tmp_path, tmp_path / "a", weights_cache, "here", panel="on")
+    kids = _stylize(images, tmp_path, tmp_path / "b", weights_cache, "kids", "1", "on")
+    assert here["compiles"]["children"] == 0 and kids["compiles"]["children"] == 2
+    # the step and the panel's programs were read back whole, not compiled here
+    assert kids["compiles"]["whole_executables"] >= 4
+    assert kids["compiles"]["compiled"] <= here["compiles"]["compiled"] - 4
+    assert kids["loss"] == here["loss"] and kids["final"] == here["final"]
+    assert kids["panel"] == here["panel"]
+    warm = _stylize(images, tmp_path, tmp_path / "b", weights_cache, "warm", "1", "on")
+    assert warm["compiles"]["children"] == 0 and warm["compiles"]["compiled"] == 0
+    assert warm["loss"] == here["loss"]
+
+
+def test_a_failed_child_says_why():
+    import pytest
+
+    from nstjax import child, panel
+
+    c = child.Child(panel.prebuild, None, {}, None, [], None)
+    assert not c.wait() and c.error.startswith("compile child exited 1: ")
+    assert "Error" in c.error
+    with pytest.raises(ValueError, match="may not run in a compile child"):
+        child.Child(print, "hello")
 
 
 def test_cache_can_be_turned_off(images, tmp_path, weights_cache, monkeypatch):
