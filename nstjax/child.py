@@ -49,6 +49,21 @@ def enabled(environ=os.environ) -> bool:
     )
 
 
+def _environment() -> dict:
+    """This process's environment plus its JAX compilation-cache settings (the child
+    reads them at start: the same XLA_FLAGS and cache, hence the same keys)."""
+    import jax  # noqa: PLC0415
+
+    env = dict(os.environ)
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
+    for name in names:
+        value = getattr(jax.config, name)
+        if value is not None:
+            env[name.upper()] = str(value)
+    return env
+
+
 class Child:
     """A running child: ``fn(*args)`` in a fresh interpreter. :meth:`wait` is True when
     it exited 0."""
@@ -65,6 +80,7 @@ class Child:
             payload.seek(0)
             self._proc = subprocess.Popen(  # noqa: S603  (our own interpreter and module)
                 [sys.executable, "-m", "nstjax.child"],
+                env=_environment(),
                 stdin=payload,
                 stdout=subprocess.DEVNULL,
                 stderr=self._log,
@@ -89,9 +105,6 @@ class Child:
 
 def main() -> int:
     """The child: reads ``(module, function, args)``, runs it, exits 0 (1 on an error)."""
-    from nstjax import process  # noqa: PLC0415
-
-    process.setup()
     module, name, args = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 (our parent)
     if (module, name) not in ALLOWED:
         print(f"not allowed: {module}.{name}", file=sys.stderr)

@@ -158,6 +158,7 @@ def test_wall_vs_pastiche_nstjax_only(tmp_path, bench_env):
     assert (cold["mode"], warm["mode"]) == ("cold", "warm")
     for run in (cold, warm):
         assert run["rc"] == 0 and run["wall_s"] > 0 and run["peak_rss_mib"] > 100
+        assert run["tree_peak_rss_mib"] > 100  # sampled, all the command's processes
         assert run["metrics"]["width"] == 32 and run["metrics"]["height"] == 24
     # cold compiled everything into its fresh cache; warm read it all back
     assert cold["metrics"]["compiles"]["compiled"] > 0 and cold["cache_files"] > 0
