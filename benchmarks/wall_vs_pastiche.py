@@ -352,9 +352,7 @@ def main(argv=None) -> dict:
             s = summary[f"nstjax {mode}"]
             ratios[f"{mode}_wall"] = s["wall_s"]["median"] / p["wall_s"]["median"]
             for key in ("peak_rss", "tree_peak_rss"):
-                ratios[f"{mode}_{key}"] = (
-                    s[f"{key}_mib"]["median"] / p[f"{key}_mib"]["median"]
-                )
+                ratios[f"{mode}_{key}"] = s[f"{key}_mib"]["median"] / p[f"{key}_mib"]["median"]
     result = {
         "settings": {
             "size": args.size,

@@ -44,8 +44,10 @@ def enabled(environ=os.environ) -> bool:
 
     from nstjax import aot  # noqa: PLC0415
 
-    return aot.directory(environ) is not None and jax.default_backend() == "cpu" and (
-        jax.process_count() == 1
+    return (
+        aot.directory(environ) is not None
+        and jax.default_backend() == "cpu"
+        and (jax.process_count() == 1)
     )
 
 

@@ -12,8 +12,13 @@ from nstjax import aot, cli, process
 
 
 def _stylize(images, tmp_path, cache_dir, weights_cache, name, children="0", panel=None):
-    env = dict(os.environ, NSTJAX_COMPILE_CACHE=str(cache_dir), NSTJAX_CACHE=str(weights_cache),
-               NSTJAX_COMPILE_CHILD=children, NSTJAX_PANEL=panel or os.environ["NSTJAX_PANEL"])
+    env = dict(
+        os.environ,
+        NSTJAX_COMPILE_CACHE=str(cache_dir),
+        NSTJAX_CACHE=str(weights_cache),
+        NSTJAX_COMPILE_CHILD=children,
+        NSTJAX_PANEL=panel or os.environ["NSTJAX_PANEL"],
+    )
     metrics = tmp_path / f"{name}.json"
     subprocess.run(
         [sys.executable, "-m", "nstjax", "stylize", "--content", str(images / "tubingen.jpg"),
