@@ -35,6 +35,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 STYLE_DIM = 100
 """Length of the style vector."""
@@ -95,19 +96,51 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     )
 
 
+def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Unpadded stride-1 convolution with an odd ``k x k`` kernel, computed on 2x2 blocks.
+
+    With ``x'[u, v, (a, b, c)] = x[2u + a, 2v + b, c]`` (space to depth), output pixel
+    ``(2p + r, 2q + s)`` is ``sum x'[p + m, q + n, (a, b, c)] k[2m + a - r, 2n + b - s, c]``
+    over ``m, n < (k + 1) / 2``: one ``(k + 1)/2``-square convolution of ``x'`` (4C
+    channels) into 4 x O channels, then depth to space. The same sums in another order;
+    on XLA:CPU it runs the transformer's 9x9 layers 3x faster (8 -> 3 channels at 384 px:
+    14.6 against 4.9 ms; 3 -> 8: 9.7 against 3.3 ms), whose few channels leave the
+    library convolution mostly idle.
+    """
+    kh, kw, c, o = kernel.shape
+    b, h, w, _ = x.shape
+    ho, wo = h - kh + 1, w - kw + 1
+    m = (kh + 1) // 2
+    hb, wb = -(-ho // 2) + m - 1, -(-wo // 2) + m - 1  # blocks of x' the outputs read
+    x = jnp.pad(x, ((0, 0), (0, 2 * hb - h), (0, 2 * wb - w), (0, 0)))
+    x = x.reshape(b, hb, 2, wb, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hb, wb, 4 * c)
+    # kernel'[m, n, (a, b, c), (r, s, o)] = k[2m + a - r, 2n + b - s] (zero outside)
+    padded = jnp.pad(kernel, ((1, 2 * m - kh), (1, 2 * m - kw), (0, 0), (0, 0)))
+    tap = np.arange(m)[:, None, None] * 2 + np.arange(2)[:, None] - np.arange(2) + 1  # m, a, r
+    k2 = padded[tap[:, :, :, None, None, None], tap[None, None, None]]  # m a r n b s c o
+    k2 = k2.transpose(0, 3, 1, 4, 6, 2, 5, 7).reshape(m, m, 4 * c, 4 * o)
+    y = _conv(x, k2, 1).reshape(b, hb - m + 1, wb - m + 1, 2, 2, o)
+    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * (hb - m + 1), 2 * (wb - m + 1), o)
+    return y[:, :ho, :wo]
+
+
 def conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """Unpadded ("VALID") NHWC x HWIO convolution, arranged for XLA's CPU backend.
 
-    The result is that of one convolution; two rearrangements only make it
+    The result is that of one convolution; three rearrangements only make it
     faster on CPU (measured 2-4x on the layers concerned):
 
     * 3x3 convolutions with 16 or more input channels run in bands of rows of
       about :data:`BAND_PIXELS` output pixels (at most :data:`MAX_BANDS`);
       on whole large images XLA's library convolution slows down severalfold.
-    * fewer than 8 output channels are padded with zero filters and cut off
-      again, which moves the final 8 -> 3 convolution onto the library path.
+    * stride-1 kernels of 5x5 and more (the 9x9 layers) run on 2x2 blocks
+      (:func:`space_to_depth_conv`).
+    * otherwise, fewer than 8 output channels are padded with zero filters and cut
+      off again, which moves a small convolution onto the library path.
     """
     kh, kw, cin, cout = kernel.shape
+    if stride == 1 and kh == kw and kh % 2 == 1 and kh >= 5:
+        return space_to_depth_conv(x, kernel)
     if cout < 8:
         kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, 8 - cout)))
     b, h, w, _ = x.shape
@@ -302,9 +335,30 @@ class Contract(nn.Module):
             ("conv3", 32, 3, 2),
         ):
             x = _q(self, f"q_{name}_in", reflect_pad(x, k // 2))
-            layer = nn.Conv(features, (k, k), strides=stride, padding="VALID", name=name)
-            x = _q(self, f"q_{name}_out", nn.relu(layer(x)))
+            x = _q(self, f"q_{name}_out", nn.relu(Conv(features, k, stride, name=name)(x)))
         return x
+
+
+class Conv(nn.Module):
+    """``nn.Conv(features, (k, k), strides=stride, padding="VALID")`` (the same params,
+    ``kernel`` and ``bias``), with the 9x9 layer on :func:`space_to_depth_conv`."""
+
+    features: int
+    kernel_size: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.stride == 1 and k >= 5:
+            y = space_to_depth_conv(x, kernel)
+        else:
+            y = _conv(x, kernel, self.stride)
+        return y + bias
 
 
 class ResidualBlock(nn.Module):
