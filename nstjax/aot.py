@@ -50,6 +50,7 @@ MAGIC = b"nstjax-aot-1\n"
 SUBDIR = "nstjax-aot"
 HIT_EVENT = "/nstjax/aot/cache_hits"
 MISS_EVENT = "/nstjax/aot/stored"
+UNSTORABLE = ".unstorable"
 
 
 def directory(environ=os.environ) -> Path | None:
@@ -170,12 +171,15 @@ def store(k: str, compiled: jax.stages.Compiled) -> bool:
     try:
         from jax.experimental import serialize_executable  # noqa: PLC0415
 
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
         if "custom_call_target" in compiled.as_text():
-            return False  # LAPACK & co.: their handlers do not survive a reload (segfault)
+            # LAPACK & co.: their handlers do not survive a reload (segfault). The mark
+            # tells a later run not to ask a compile child for it (nstjax.child).
+            atomic.write_bytes(d / f"{k}{UNSTORABLE}", b"custom calls\n")
+            return False
         serialized, in_tree, out_tree = serialize_executable.serialize(compiled)
         payload = pickle.dumps((serialized, in_tree, out_tree), protocol=5)
         blob = MAGIC + hashlib.sha256(payload).digest() + payload
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic.write_bytes(d / f"{k}.bin", blob)
     except Exception:  # noqa: BLE001  (not serializable, disk full: keep running)
         return False
@@ -211,10 +215,15 @@ def _compile_and_store(k: str | None, compile_fn) -> jax.stages.Compiled:
     return compiled
 
 
-def exists(k: str | None) -> bool:
-    """Whether key ``k`` has a stored executable (not checked until loaded)."""
+def known(k: str | None) -> bool:
+    """Whether key ``k`` has a stored executable (not checked until loaded) or is marked
+    as one that cannot be stored."""
     d = directory()
-    return k is not None and d is not None and (d / f"{k}.bin").is_file()
+    return (
+        k is not None
+        and d is not None
+        and ((d / f"{k}.bin").is_file() or (d / f"{k}{UNSTORABLE}").is_file())
+    )
 
 
 def _sharding_desc(s) -> tuple | None:

@@ -52,18 +52,11 @@ def enabled(environ=os.environ) -> bool:
 
 
 def _environment() -> dict:
-    """This process's environment plus its JAX compilation-cache settings (the child
-    reads them at start: the same XLA_FLAGS and cache, hence the same keys)."""
-    import jax  # noqa: PLC0415
-
-    env = dict(os.environ)
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
-    for name in names:
-        value = getattr(jax.config, name)
-        if value is not None:
-            env[name.upper()] = str(value)
-    return env
+    """This process's environment (the same XLA_FLAGS and store, hence the same keys),
+    with JAX's own persistent cache off: the child compiles for real, since an
+    executable that JAX's cache hands back cannot be kept whole (:mod:`nstjax.aot`), and
+    every later run would then start a child again."""
+    return dict(os.environ, JAX_ENABLE_COMPILATION_CACHE="false")
 
 
 class Child:

@@ -136,7 +136,7 @@ def start_precompile(obj, opt, chunk_size: int, loop: str, state: dict, ctx: dic
     name, _, statics, dynamics, options = _program(obj, opt, chunk_size, loop, state, ctx)
     k = aot.key(name, statics, dynamics, options)
     state_desc, ctx_desc = aot.abstract(state), aot.abstract(ctx)
-    if k is None or aot.exists(k) or state_desc is None or ctx_desc is None:
+    if k is None or aot.known(k) or state_desc is None or ctx_desc is None:
         return None
     return child.Child(precompile, obj, opt, chunk_size, loop, state_desc, ctx_desc)
 
