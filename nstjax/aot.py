@@ -323,5 +323,16 @@ class Jit:
             self._loaded[k] = compiled
         return compiled(*dynamics)
 
-    def lower(self, *args, **kwargs):
-        return self.jitted.lower(*args, **kwargs)
+    def precompile(self, *args) -> bool:
+        """Compiles the program of ``args`` (arrays or ``jax.ShapeDtypeStruct``s) into the
+        store without running it; True if it is there (or known unstorable) now."""
+        if directory() is None:
+            return False
+        statics = [args[i] for i in self.static]
+        dynamics = [a for i, a in enumerate(args) if i not in self.static]
+        k = key(self.name, statics, dynamics, self.options)
+        if k is None:
+            return False
+        if not known(k):
+            _compile_and_store(k, lambda: self.jitted.lower(*args).compile(self.options or None))
+        return known(k)

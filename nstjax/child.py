@@ -84,6 +84,8 @@ class Child:
         self.error: str | None = None
 
     def wait(self, timeout: float = TIMEOUT_S) -> bool:
+        if self._log.closed:  # waited for already
+            return self._proc.returncode == 0
         try:
             rc = self._proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -193,6 +193,8 @@ def _compile_in_children(p, job: Job, state: dict, ctx: dict) -> None:
         return
     job.prewarm_panel()
     step_child.wait()
+    if job.panel_child is not None:
+        job.panel_child.wait()  # the steps then have the cores to themselves
 
 
 def conv_shape(p, shape_1xHxWxC: tuple) -> tuple:

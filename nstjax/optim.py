@@ -120,9 +120,14 @@ def _program(obj, opt, chunk_size: int, loop: str, state: dict, ctx: dict):
 
 
 def precompile(obj, opt, chunk_size: int, loop: str, state_desc, ctx_desc) -> None:
-    """Compiles the step program into the store from shapes alone (in a compile child,
-    :mod:`nstjax.child`)."""
-    ChunkRunner(obj, opt, chunk_size, loop, aot.shapes(state_desc), aot.shapes(ctx_desc))
+    """Compiles the step program and the final losses into the store from shapes alone
+    (in a compile child, :mod:`nstjax.child`)."""
+    state, ctx = aot.shapes(state_desc), aot.shapes(ctx_desc)
+    ChunkRunner(obj, opt, chunk_size, loop, state, ctx)
+    # the engine passes the runs' keys split over the runs, as the image
+    keys = jax.ShapeDtypeStruct(state["key"].shape, state["key"].dtype,
+                                sharding=state["avg"].sharding)  # fmt: skip
+    final_losses_jit.precompile(obj, state["avg"], keys, ctx)
 
 
 def start_precompile(obj, opt, chunk_size: int, loop: str, state: dict, ctx: dict):

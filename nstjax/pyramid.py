@@ -11,6 +11,7 @@ every level.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
@@ -40,7 +41,10 @@ def run(
     images = images or build.ImageCache()
     raw, outcome, history = None, None, []
     levels, t0 = [], time.perf_counter()
-    for i, level in enumerate(settings.levels()):
+    all_levels = settings.levels()
+    for i, level in enumerate(all_levels):
+        if i < len(all_levels) - 1:  # only the last level's output is scored
+            level = dataclasses.replace(level, panel="off")
         job = build.build_job(level, content, styles, weights, images, init_image=raw,
                               **job_kwargs)  # fmt: skip
 
