@@ -12,7 +12,9 @@ The key is a SHA-256 of everything that decides the program without tracing it:
 
 * the source of the whole ``nstjax`` package (any edit makes new keys);
 * jax and jaxlib versions, the backend's platform and version, the devices' kind, the
-  CPU's feature flags, ``XLA_FLAGS`` and the compiler options;
+  CPU's feature flags, ``XLA_FLAGS``, the compiler options and the JAX settings that
+  change what a trace produces (64-bit mode, default matmul precision: a process that
+  set them in code and a compile child that did not get different keys);
 * the function's module and name, the static arguments' ``repr`` and the dynamic ones'
   tree structure, shapes, dtypes, weak types and shardings.
 
@@ -119,6 +121,7 @@ def key(name: str, statics: Sequence, dynamics: Sequence, options: dict | None) 
         client.platform_version, cpu_features(),
         repr(sorted({d.device_kind for d in jax.devices(backend)})),
         os.environ.get("XLA_FLAGS", ""), repr(sorted((options or {}).items())),
+        repr((jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision)),
         name, static, str(tree), *map(_leaf_key, leaves),
     ]  # fmt: skip
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()

@@ -116,6 +116,11 @@ def test_whole_executables_need_a_key_the_source_covers(monkeypatch, tmp_path):
     assert aot.key("f", ("static",), (jnp.ones((2, 4)),), None) != k  # shapes
     assert aot.key("f", ("other",), (x,), None) != k  # static arguments
     assert aot.key("f", (object(),), (x,), None) is None  # repr with an address
+    jax.config.update("jax_enable_x64", True)  # set in code: a child would not see it
+    try:
+        assert aot.key("f", ("static",), (x,), None) != k
+    finally:
+        jax.config.update("jax_enable_x64", False)
     # a kind registered from user code: its function is outside the package
     kind = registry.KINDS["gram"]
     monkeypatch.setitem(
