@@ -34,6 +34,7 @@ ENV = "NSTJAX_COMPILE_CHILD"
 ALLOWED = frozenset({("nstjax.optim", "precompile"), ("nstjax.panel", "prebuild")})
 TIMEOUT_S = 1800.0
 STARTED_EVENT = "/nstjax/child/started"
+FAILED_EVENT = "/nstjax/child/failed"
 
 
 def enabled(environ=os.environ) -> bool:
@@ -96,6 +97,9 @@ class Child:
             self._log.seek(0)
             lines = self._log.read().decode(errors="replace").strip().splitlines()
             self.error = f"compile child exited {rc}: {lines[-1] if lines else ''}"
+            import jax  # noqa: PLC0415
+
+            jax.monitoring.record_event(FAILED_EVENT)  # metrics.json: compiles.children_failed
         self._log.close()
         return rc == 0
 

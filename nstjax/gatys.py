@@ -153,6 +153,7 @@ def stylize(
                 "cache_hits": compiles.cache_hits,
                 "whole_executables": compiles.aot_hits,  # of the hits: not even traced
                 "children": compiles.children,  # cold programs compiled in child processes
+                "children_failed": compiles.children_failed,
                 "seconds": compiles.seconds,
             }
             w.write_summary(m)

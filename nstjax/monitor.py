@@ -11,6 +11,7 @@ _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _AOT_HIT_EVENT = "/nstjax/aot/cache_hits"  # nstjax.aot: a whole executable read back
 _CHILD_EVENT = "/nstjax/child/started"  # nstjax.child: a program compiled in a child
+_CHILD_FAILED_EVENT = "/nstjax/child/failed"  # ... that failed (compiled here instead)
 
 
 @dataclasses.dataclass
@@ -20,6 +21,7 @@ class Compiles:
     cache_hits: int = 0  # programs read back from the persistent compilation cache
     aot_hits: int = 0  # of which whole executables (nstjax.aot: no tracing either)
     children: int = 0  # compile children started (nstjax.child): their programs load here
+    children_failed: int = 0  # of which failed: their programs compiled here
 
     @property
     def count(self) -> int:
@@ -46,6 +48,8 @@ def count_compiles():
             stats.aot_hits += 1
         elif event == _CHILD_EVENT:
             stats.children += 1
+        elif event == _CHILD_FAILED_EVENT:
+            stats.children_failed += 1
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     jax.monitoring.register_event_listener(hits)

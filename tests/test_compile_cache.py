@@ -70,6 +70,7 @@ def test_cold_programs_compile_in_children(images, tmp_path, weights_cache):
     shutil.rmtree(tmp_path / "a" / aot.SUBDIR)
     kids = _stylize(images, tmp_path, tmp_path / "a", weights_cache, "kids", "1", "on")
     assert here["compiles"]["children"] == 0 and kids["compiles"]["children"] == 2
+    assert kids["compiles"]["children_failed"] == 0
     # the step and the panel's programs were read back whole, not compiled here
     assert kids["compiles"]["whole_executables"] >= 4
     assert kids["compiles"]["compiled"] == 0
@@ -88,11 +89,13 @@ def test_cold_programs_compile_in_children(images, tmp_path, weights_cache):
 def test_a_failed_child_says_why():
     import pytest
 
-    from nstjax import child, panel
+    from nstjax import child, monitor, panel
 
-    c = child.Child(panel.prebuild, None, {}, None, [], None)
-    assert not c.wait() and c.error.startswith("compile child exited 1: ")
-    assert "Error" in c.error and not c.wait()  # waiting again answers the same
+    with monitor.count_compiles() as counts:
+        c = child.Child(panel.prebuild, None, {}, None, [], None)
+        assert not c.wait() and c.error.startswith("compile child exited 1: ")
+        assert "Error" in c.error and not c.wait()  # waiting again answers the same
+    assert (counts.children, counts.children_failed) == (1, 1)
     with pytest.raises(ValueError, match="may not run in a compile child"):
         child.Child(print, "hello")
 
