@@ -70,23 +70,29 @@ class Child:
             raise ValueError(f"{key} may not run in a compile child")
         import jax  # noqa: PLC0415
 
-        self._log = tempfile.TemporaryFile()
-        with tempfile.TemporaryFile() as payload:  # a file: the parent never blocks on a pipe
-            pickle.dump((*key, args), payload, protocol=5)
-            payload.seek(0)
-            self._proc = subprocess.Popen(  # noqa: S603  (our own interpreter and module)
-                [sys.executable, "-m", "nstjax.child"],
-                env=_environment(),
-                stdin=payload,
-                stdout=subprocess.DEVNULL,
-                stderr=self._log,
-            )
-        jax.monitoring.record_event(STARTED_EVENT)
         self.error: str | None = None
+        self._proc = None
+        self._log = tempfile.TemporaryFile()
+        jax.monitoring.record_event(STARTED_EVENT)
+        try:
+            with tempfile.TemporaryFile() as payload:  # a file: the parent never blocks on a pipe
+                pickle.dump((*key, args), payload, protocol=5)
+                payload.seek(0)
+                self._proc = subprocess.Popen(  # noqa: S603  (our own interpreter and module)
+                    [sys.executable, "-m", "nstjax.child"],
+                    env=_environment(),
+                    stdin=payload,
+                    stdout=subprocess.DEVNULL,
+                    stderr=self._log,
+                )
+        except Exception as e:  # noqa: BLE001  (unpicklable, no interpreter: compile here)
+            self.error = f"compile child not started: {type(e).__name__}: {e}"
+            self._log.close()
+            jax.monitoring.record_event(FAILED_EVENT)
 
     def wait(self, timeout: float = TIMEOUT_S) -> bool:
-        if self._log.closed:  # waited for already
-            return self._proc.returncode == 0
+        if self._log.closed:  # waited for already (or never started)
+            return self._proc is not None and self._proc.returncode == 0
         try:
             rc = self._proc.wait(timeout)
         except subprocess.TimeoutExpired:

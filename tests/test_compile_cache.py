@@ -95,7 +95,10 @@ def test_a_failed_child_says_why():
         c = child.Child(panel.prebuild, None, {}, None, [], None)
         assert not c.wait() and c.error.startswith("compile child exited 1: ")
         assert "Error" in c.error and not c.wait()  # waiting again answers the same
-    assert (counts.children, counts.children_failed) == (1, 1)
+        # an argument that does not pickle: no child, the run compiles here
+        d = child.Child(panel.prebuild, lambda: None)
+        assert not d.wait() and d.error.startswith("compile child not started: ")
+    assert (counts.children, counts.children_failed) == (2, 2)
     with pytest.raises(ValueError, match="may not run in a compile child"):
         child.Child(print, "hello")
 
