@@ -44,27 +44,30 @@ def _fixed(m: int, min_channels: int) -> Policy:
     return policy
 
 
-AUTO_MIN_CHANNELS = (64, 128)  # input, output
-AUTO_PIXELS = (32 * 32, 256 * 256)
+AUTO_MIN_CHANNELS = 16  # input channels: the RGB layer stays XLA's
+AUTO_MAX_PIXELS = 256 * 256
 
 
 def _auto(h: int, w: int, c: int, o: int) -> int:
-    """On CPU, F(4x4, 3x3) where it measured faster than XLA, else XLA.
+    """On CPU, F(4x4, 3x3) on every layer with >= 16 input channels and at most
+    256x256 pixels, else XLA's convolution.
 
-    On the 2-core AVX2 machine (per-layer forward timings, Winograd vs XLA, in ms:
-    128x128 64->128 11 vs 18, 256x256 64->128 50 vs 74, 256x256 128->128 116 vs 147,
-    64x64 256->256 15 vs 28; whole steps in benchmarks/impl_ab.py) Winograd wins on
-    layers with >= 64 input and >= 128 output channels from 32x32 to 256x256 pixels.
-    With 64 output channels its input transform (memory-bound: 2.25x the input is
-    written) costs as much as the convolution it saves (512x512 64->64: 180 vs 167),
-    and below 32x32 the tile padding and the small products eat the gain. GPUs and
-    TPUs keep XLA's convolution (cuDNN picks its own algorithms, Winograd among them).
+    With the Kronecker-product transforms (:mod:`nstjax.winograd`), whole VGG19
+    value-and-gradient steps on the 2-core AVX-512 CPU (``benchmarks/conv_speed.py
+    --aspect 0.75 --impls I``, one process per policy, 3 rounds alternated; seconds per
+    step, medians): at 256x192 F(4x4) on every layer but the RGB one (``winograd4``)
+    0.162-0.169 against 0.196-0.248 for the previous policy (Winograd only from 64 input
+    and 128 output channels and from 32x32 to 256x256 pixels) and 0.172-0.173 for
+    ``winograd4_wide``; at 512x384 0.628-0.648 against 0.648-0.753. Past 256x256 pixels
+    a layer's transforms are memory-bound and their buffers large: at 1024x768
+    ``winograd4`` peaked at 5.1 GB against 3.7 GB for the 256x256 bound, for 3.1-3.2
+    against 3.3-3.4 s a step, so the bound stays. GPUs and TPUs keep XLA's convolution
+    (cuDNN picks its own algorithms, Winograd among them).
     """
+    del o
     if jax.default_backend() != "cpu":
         return 0
-    pixels = h * w
-    wide = c >= AUTO_MIN_CHANNELS[0] and o >= AUTO_MIN_CHANNELS[1]
-    return 4 if wide and AUTO_PIXELS[0] <= pixels <= AUTO_PIXELS[1] else 0
+    return 4 if c >= AUTO_MIN_CHANNELS and h * w <= AUTO_MAX_PIXELS else 0
 
 
 CONV_IMPLS: dict[str, Policy] = {

@@ -166,10 +166,10 @@ def test_auto_policy_picks_winograd_where_it_pays_on_cpu():
     assert conv.tile_size("auto", 128, 128, 128, 128) == 4
     assert conv.tile_size("auto", 128, 128, 64, 128) == 4
     assert conv.tile_size("auto", 256, 256, 128, 128) == 4
-    assert conv.tile_size("auto", 256, 256, 64, 64) == 0  # 64 outputs: transforms dominate
+    assert conv.tile_size("auto", 192, 256, 64, 64) == 4  # conv1_2 at 256x192
     assert conv.tile_size("auto", 512, 512, 128, 128) == 0  # past 256x256: memory-bound
     assert conv.tile_size("auto", 64, 64, 3, 64) == 0  # RGB input
-    assert conv.tile_size("auto", 16, 16, 512, 512) == 0  # too few tiles
+    assert conv.tile_size("auto", 12, 16, 512, 512) == 4  # conv5_1 at 256x192
     assert conv.tile_size("xla", 64, 64, 256, 256) == 0
     assert conv.tile_size("winograd2", 8, 8, 16, 16) == 2
     with pytest.raises(conv.UsageError, match="unknown convolution implementation"):
@@ -179,9 +179,11 @@ def test_auto_policy_picks_winograd_where_it_pays_on_cpu():
 def test_prepare_params_transforms_exactly_the_winograd_layers():
     params = vgg.init_params(jax.random.PRNGKey(0))
     layers = ("relu1_1", "relu4_2")
-    # 256x256: conv2_1 (128x128, 64 -> 128 ch) .. conv4_2 (32x32) run F(4x4, 3x3).
+    # 256x256: conv1_2 (256x256, 64 -> 64 ch) .. conv4_2 (32x32) run F(4x4, 3x3); the
+    # RGB layer conv1_1 does not.
     prepared = vgg.prepare_params(params, (1, 256, 256, 3), layers, "auto")
     expected = [
+        "conv1_2",
         "conv2_1",
         "conv2_2",
         "conv3_1",
@@ -194,6 +196,9 @@ def test_prepare_params_transforms_exactly_the_winograd_layers():
     assert sorted(k for k, v in prepared.items() if "winograd" in v) == expected
     assert "conv4_3" not in prepared  # past the deepest requested layer
     assert prepared["conv3_2"]["winograd"]["fwd"].shape == (36, 256, 256)
+    # 512x512: conv1_2 is past 256x256 pixels; conv2_1 (256x256) is not.
+    big = vgg.prepare_params(params, (1, 512, 512, 3), layers, "auto")
+    assert sorted(k for k, v in big.items() if "winograd" in v) == expected[1:]
     assert not any(
         "winograd" in v
         for v in vgg.prepare_params(params, (1, 256, 256, 3), layers, "xla").values()
