@@ -104,9 +104,29 @@ def _leaf_key(x) -> str:
     return f"P{type(x).__name__}"  # Python scalars: weakly typed dynamic arguments
 
 
+def keyable() -> bool:
+    """Whether this process's programs can be keyed by the package source at all (one
+    process, every registered loss kind nstjax's own)."""
+    return jax.process_count() == 1 and _builtin_kinds_only()
+
+
+def environment() -> list[str]:
+    """What decides a program besides its arguments: the package source, versions,
+    backend, CPU features, ``XLA_FLAGS`` and the JAX settings that change a trace."""
+    backend = jax.default_backend()
+    client = jax.devices(backend)[0].client
+    return [
+        MAGIC.decode(), source_fingerprint(), jax.__version__, jaxlib.__version__, backend,
+        client.platform_version, cpu_features(),
+        repr(sorted({d.device_kind for d in jax.devices(backend)})),
+        os.environ.get("XLA_FLAGS", ""),
+        repr((jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision)),
+    ]  # fmt: skip
+
+
 def key(name: str, statics: Sequence, dynamics: Sequence, options: dict | None) -> str | None:
     """The store's key of one call, or None when it cannot be keyed safely."""
-    if jax.process_count() > 1 or not _builtin_kinds_only():
+    if not keyable():
         return None
     static = repr(tuple(statics))
     if " at 0x" in static:
@@ -114,14 +134,8 @@ def key(name: str, statics: Sequence, dynamics: Sequence, options: dict | None) 
     leaves, tree = jax.tree.flatten(tuple(dynamics))
     if not leaves or not isinstance(leaves[0], (jax.Array, jax.ShapeDtypeStruct)):
         return None  # uncommitted inputs: let jit place them
-    backend = jax.default_backend()
-    client = jax.devices(backend)[0].client
     parts = [
-        MAGIC.decode(), source_fingerprint(), jax.__version__, jaxlib.__version__, backend,
-        client.platform_version, cpu_features(),
-        repr(sorted({d.device_kind for d in jax.devices(backend)})),
-        os.environ.get("XLA_FLAGS", ""), repr(sorted((options or {}).items())),
-        repr((jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision)),
+        *environment(), repr(sorted((options or {}).items())),
         name, static, str(tree), *map(_leaf_key, leaves),
     ]  # fmt: skip
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()

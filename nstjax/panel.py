@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nstjax import aot, image, vgg
+from nstjax import aot, image, panel_refs, vgg
 from nstjax.errors import UsageError
 from nstjax.settings import blend_weights
 from nstjax.terms import registry
@@ -201,11 +201,16 @@ def _uses_linalg(role: str, name: str, options: tuple) -> bool:
     return bool(_primitives(jaxpr.jaxpr) & LINALG_PRIMITIVES)
 
 
+def _linalg_keys(spec: Spec) -> tuple[str, ...]:
+    """The distances whose losses use LAPACK."""
+    entries = [("style", e) for e in spec.style] + [("content", e) for e in spec.content]
+    return tuple(k for role, (k, n, o) in entries if _uses_linalg(role, n, o))
+
+
 def _score_groups(spec: Spec) -> tuple[tuple[str, ...], ...]:
     """The distances' keys split in two programs: without and with LAPACK."""
-    entries = [("style", e) for e in spec.style] + [("content", e) for e in spec.content]
-    linalg = tuple(k for role, (k, n, o) in entries if _uses_linalg(role, n, o))
-    plain = tuple(k for _, (k, _, _) in entries if k not in linalg)
+    linalg = _linalg_keys(spec)
+    plain = tuple(k for k in spec.keys if k not in linalg)
     return tuple(g for g in (plain, linalg) if g)
 
 
@@ -355,14 +360,11 @@ class Panel:
                 }
         feats = _forward(spec, self.params, content[None], spec.layers)
         self.content_targets = _targets(spec, "content", feats, self.hw)
-        self.photo = self._score(feats)
-        painting = [self.distances(image.resize(s, *self.hw)) for s in styles]
-        self.painting = {
-            k: float(sum(w * p[k] for w, p in zip(self.blend, painting, strict=True)))
-            for k in spec.keys
-        }
+        self.photo, self.painting = self._references(
+            feats, content, styles, seed, self._reference_groups()
+        )
         style_keys = {k for k, _, _ in spec.style}
-        self.scale = {k: self.photo[k] if k in style_keys else self.painting[k] for k in spec.keys}
+        self.scale = {k: self.photo[k] if k in style_keys else self.painting[k] for k in self.photo}
 
     @classmethod
     def for_objective(cls, obj, vgg_params, content, styles, **kwargs) -> Panel:
@@ -373,9 +375,40 @@ class Panel:
         kwargs.setdefault("ceil_mode", obj.ceil_mode)
         return cls(vgg_params, content, styles, **kwargs)
 
-    def _score(self, feats) -> dict[str, float]:
+    def _reference_groups(self) -> tuple[tuple[str, ...], ...]:
+        return _score_groups(self.spec)
+
+    def _references(self, feats, content, styles, seed, groups):
+        """The photo's and the painting's distances (:attr:`photo`, :attr:`painting`) of
+        ``groups``: read back from :mod:`nstjax.panel_refs` where kept, else scored (the
+        content image's features ``feats``; each style image resized to :attr:`hw`,
+        blend-weighted) and kept."""
+        k = panel_refs.key(self.spec, self.params, content, styles, self.blend, seed)
+        kept = panel_refs.load(k)
+        photo, painting = kept["photo"], kept["painting"]
+        missing = tuple(g for g in groups if not all(x in photo and x in painting for x in g))
+        if missing:
+            photo.update(self._score(feats, missing))
+            per_style = [
+                self._score(
+                    _forward(
+                        self.spec, self.params, image.resize(s, *self.hw)[None], self.spec.layers
+                    ),
+                    missing,
+                )  # fmt: skip
+                for s in styles
+            ]
+            painting.update({
+                x: float(sum(w * p[x] for w, p in zip(self.blend, per_style, strict=True)))
+                for x in per_style[0]
+            })  # fmt: skip
+            panel_refs.store(k, {"photo": photo, "painting": painting})
+        keys = [x for g in groups for x in g]
+        return ({x: photo[x] for x in sorted(keys)}, {x: painting[x] for x in sorted(keys)})
+
+    def _score(self, feats, groups=None) -> dict[str, float]:
         out = {}
-        for only in _score_groups(self.spec):
+        for only in _score_groups(self.spec) if groups is None else groups:
             out.update(
                 _floats(
                     _scores(
@@ -414,10 +447,26 @@ class Panel:
         return raw, self.normalize(raw)
 
 
+class _Storable(Panel):
+    """A panel whose references skip the distances that use LAPACK: their programs
+    cannot be kept whole (:mod:`nstjax.aot`), so a compile child would build them for
+    nothing; the run scores them itself."""
+
+    def _reference_groups(self):
+        linalg = set(_linalg_keys(self.spec))
+        return tuple(g for g in _score_groups(self.spec) if not set(g) & linalg)
+
+
 def prebuild(obj, vgg_params, content, styles, blend) -> None:
-    """Builds ``Panel.for_objective(...)`` for its side effect: every program compiled
-    into the store (a compile child, :mod:`nstjax.child`; ``Job.prewarm_panel``)."""
-    Panel.for_objective(obj, vgg_params, content, styles, blend=blend)
+    """Compiles a ``Panel.for_objective(...)``'s programs into the store, and keeps its
+    references without LAPACK (:mod:`nstjax.panel_refs`): a compile child's work
+    (:mod:`nstjax.child`; ``Job.prewarm_panel``)."""
+    panel = _Storable.for_objective(obj, vgg_params, content, styles, blend=blend)
+    spec = panel.spec
+    feats = _forward(spec, panel.params, np.zeros((1, *panel.hw, 3), np.float32), spec.layers)
+    for only in panel._reference_groups():  # scored above unless the references were kept
+        _scores.precompile(spec, only, feats, panel.style_targets, panel.content_targets,
+                           panel.blend, panel.key)  # fmt: skip
 
 
 def distance_panel(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -150,3 +152,52 @@ def test_large_images_are_scored_at_max_side(real_weights, pics):
         assert raw[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
     with pytest.raises(UsageError, match="panel output is"):
         small(np.zeros((5, 5, 3), np.float32))
+
+
+def test_references_are_kept_on_disk(real_weights, pics, tmp_path, monkeypatch):
+    """The photo's and the painting's distances are read back by a later panel of the
+    same images (nstjax.panel_refs): no scoring; a damaged file is scored again."""
+    from nstjax import panel_refs
+
+    content, style = pics
+    monkeypatch.setenv("NSTJAX_COMPILE_CACHE", str(tmp_path))
+    calls = []
+    scores = panel._scores
+    monkeypatch.setattr(panel, "_scores", lambda *a: calls.append(a[1]) or scores(*a))
+    first = panel.Panel(real_weights.params, content, [style])
+    groups = panel._score_groups(first.spec)
+    assert calls == list(groups) * 2  # the photo's, then the painting's
+    files = list((tmp_path / panel_refs.SUBDIR).glob("*.json"))
+    assert len(files) == 1
+    calls.clear()
+    second = panel.Panel(real_weights.params, content, [style])
+    assert calls == []
+    assert second.photo == first.photo and second.painting == first.painting
+    assert second(content) == first(content) and calls == list(groups) * 2
+    # another style image, another key
+    panel.Panel(real_weights.params, content, [style[::-1]])
+    assert len(list((tmp_path / panel_refs.SUBDIR).glob("*.json"))) == 2
+    # a damaged or hostile file is ignored (scored again, rewritten)
+    for text in ("{not json", '{"photo": {"style/gram": "1e9"}, "painting": [1]}'):
+        files[0].write_text(text)
+        calls.clear()
+        third = panel.Panel(real_weights.params, content, [style])
+        assert calls == list(groups) * 2 and third.photo == first.photo
+    assert panel_refs.load(panel_refs.key(first.spec, first.params, content, [style],
+                                          first.blend, 0))["photo"] == first.photo  # fmt: skip
+    # a compile child keeps the references without LAPACK: the run scores only those
+    files[0].unlink()
+    params = real_weights.params
+    defaults = types.SimpleNamespace(pooling="avg", preprocessing=first.spec.preprocessing,
+                                     ceil_mode=None)  # the Panel's own  # fmt: skip
+    monkeypatch.setattr(panel, "_scores", scores)  # prebuild precompiles with it
+    panel.prebuild(defaults, params, content, [style], None)
+    monkeypatch.setattr(panel, "_scores", lambda *a: calls.append(a[1]) or scores(*a))
+    calls.clear()
+    panel.Panel(real_weights.params, content, [style])
+    assert calls == [("style/w2",)] * 2
+    monkeypatch.setenv("NSTJAX_AOT", "0")
+    assert (
+        panel_refs.directory() is None
+        and panel_refs.key(first.spec, params, content, [style], first.blend, 0) is None
+    )
