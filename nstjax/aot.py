@@ -36,7 +36,6 @@ import functools
 import hashlib
 import os
 import pickle
-import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,7 +43,7 @@ import jax
 import jaxlib
 import numpy as np
 
-from nstjax import atomic, monitor
+from nstjax import atomic, monitor, xla_flags
 from nstjax.terms import registry
 from nstjax.weights import cache
 
@@ -62,18 +61,10 @@ def directory(environ=os.environ) -> Path | None:
     return cache.compile_cache_dir(environ) / SUBDIR
 
 
-@functools.cache
 def cpu_features() -> str:
     """The CPU's feature flags (XLA:CPU compiles for the host's instruction set: code
     built with AVX-512 must not load on a machine without it)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor()}"
+    return xla_flags.cpu_features()
 
 
 @functools.cache

@@ -6,18 +6,24 @@ about 15% faster (``benchmarks/arbitrary_speed.py``). Flags must be in ``XLA_FLA
 before JAX starts its CPU backend, so :func:`apply` runs at import time and only appends
 flags the user has not set.
 
-The Gatys step is the other way round: its largest products are the batched Winograd
-products (36 per layer), which XLA's own (Eigen) dot runs at 120-130 GFLOP/s against
-YNNPACK's 90-115 here, and whole 256x256 L-BFGS steps measured 8-10% faster without
-YNNPACK (``benchmarks/impl_ab.py`` in processes with each setting, alternated). So the
-step program is compiled with :func:`step_compiler_options`, which switches YNNPACK off
-for that program only. Opt out of both with ``NSTJAX_XLA_DEFAULTS=0``; older jaxlib
-versions, which may not know the flag, are skipped.
+The Gatys step depends on the CPU. On the 2-core AVX2 machine its largest products were
+the batched Winograd products (36 per layer), which XLA's own (Eigen) dot ran at 120-130
+GFLOP/s against YNNPACK's 90-115, and whole 256x256 L-BFGS steps measured 8-10% faster
+without YNNPACK (``benchmarks/impl_ab.py`` in processes with each setting, alternated).
+On the 2-core AVX-512 EPYC (with the Kronecker-product Winograd transforms of
+:mod:`nstjax.winograd`) it is the other way round: value-and-gradient steps took
+0.141-0.150 s with YNNPACK against 0.156-0.162 s without at 256x192, and 0.608-0.627
+against 0.616-0.641 s at 512x384 (alternated processes, 2 rounds). So the step program is
+compiled with :func:`step_compiler_options`, which switches YNNPACK off for that program
+only, and only on CPUs without AVX-512. Opt out of both with ``NSTJAX_XLA_DEFAULTS=0``;
+older jaxlib versions, which may not know the flag, are skipped.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 CPU_FLAGS = (f"{YNN_FLAG}=dot",)
@@ -48,13 +54,31 @@ def _enabled(environ) -> bool:
     return environ.get("NSTJAX_XLA_DEFAULTS", "1") != "0" and _jaxlib_version() >= MIN_JAXLIB
 
 
-def step_compiler_options(backend: str, environ=os.environ) -> dict[str, str]:
+@functools.cache
+def cpu_features() -> str:
+    """The CPU's feature flags (``/proc/cpuinfo``; else the machine and processor)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def step_compiler_options(
+    backend: str, environ=os.environ, cpu: str | None = None
+) -> dict[str, str]:
     """Compiler options for the optimization-step programs (``{}``: the process defaults).
 
-    On CPU, YNNPACK is switched off for the program unless the user chose its fusion
-    types in ``XLA_FLAGS`` (any value other than this module's default).
+    On CPU without AVX-512 (``cpu``: feature flags, default :func:`cpu_features`),
+    YNNPACK is switched off for the program unless the user chose its fusion types in
+    ``XLA_FLAGS`` (any value other than this module's default).
     """
     if backend != "cpu" or not _enabled(environ):
+        return {}
+    if "avx512f" in (cpu_features() if cpu is None else cpu).split():
         return {}
     for flag in environ.get("XLA_FLAGS", "").split():
         if flag.startswith(YNN_FLAG + "=") and flag not in CPU_FLAGS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,20 +24,25 @@ def test_apply_appends_only_flags_the_user_did_not_set():
     assert xla_flags.apply(env) == [] and "XLA_FLAGS" not in env
 
 
-def test_step_options_switch_ynn_off_on_cpu_only():
-    assert xla_flags.step_compiler_options("cpu", {"XLA_FLAGS": f"--{YNN}=dot"}) == {YNN: ""}
-    assert xla_flags.step_compiler_options("cpu", {}) == {YNN: ""}
-    assert xla_flags.step_compiler_options("gpu", {}) == {}
-    assert xla_flags.step_compiler_options("cpu", {"NSTJAX_XLA_DEFAULTS": "0"}) == {}
+def test_step_options_switch_ynn_off_on_cpus_without_avx512_only():
+    avx2, avx512 = "fpu sse2 avx avx2 fma", "fpu sse2 avx avx2 fma avx512f avx512bw"
+    opts = xla_flags.step_compiler_options
+    assert opts("cpu", {"XLA_FLAGS": f"--{YNN}=dot"}, avx2) == {YNN: ""}
+    assert opts("cpu", {}, avx2) == {YNN: ""}
+    assert opts("cpu", {}, avx512) == {}  # YNNPACK measured faster there
+    assert opts("gpu", {}, avx2) == {}
+    assert opts("cpu", {"NSTJAX_XLA_DEFAULTS": "0"}, avx2) == {}
     # A fusion type the user chose is kept.
-    assert xla_flags.step_compiler_options("cpu", {"XLA_FLAGS": f"--{YNN}=dot,eltwise"}) == {}
+    assert opts("cpu", {"XLA_FLAGS": f"--{YNN}=dot,eltwise"}, avx2) == {}
+    assert xla_flags.step_compiler_options("cpu") == opts("cpu", os.environ,
+                                                          xla_flags.cpu_features())  # fmt: skip
 
 
 def test_options_reach_the_compiled_program():
     x = jnp.asarray(np.random.default_rng(0).random((8, 64, 64)), jnp.float32)
     f = jax.jit(lambda a: jnp.einsum("tpc,tco->tpo", a, a))
     assert "__ynn_fusion" in f.lower(x).compile().as_text()  # the process default
-    options = xla_flags.step_compiler_options("cpu")
+    options = xla_flags.step_compiler_options("cpu", cpu="avx2")
     assert "__ynn_fusion" not in f.lower(x).compile(options).as_text()
 
 
@@ -43,8 +50,8 @@ def test_chunk_runner_compiles_the_step_with_the_options(monkeypatch, real_weigh
     seen = []
     real = xla_flags.step_compiler_options
 
-    def spy(*args):
-        seen.append(real(*args))
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
         return seen[-1]
 
     monkeypatch.setattr(optim.xla_flags, "step_compiler_options", spy)
@@ -60,4 +67,4 @@ def test_chunk_runner_compiles_the_step_with_the_options(monkeypatch, real_weigh
         real_weights,
     )
     gatys.optimize(job)
-    assert seen == [{YNN: ""}]
+    assert seen == [real("cpu")]  # this CPU's choice
