@@ -2,11 +2,11 @@
 
 JAX's persistent compilation cache (:mod:`nstjax.process`) skips XLA's compile on a
 second run, but its key is the lowered program: every run still traces the Python
-function and lowers it first. For the Winograd step that is 5-9 s per run on the 2-core
-CPU, more than the rest of a warm start together. :func:`compile` (for a program the
-caller lowers) and :class:`Jit` (a ``jax.jit`` stand-in) compile a shape as usual the
-first time and write the executable (``jax.experimental.serialize_executable``) to
-``<compile cache>/nstjax-aot/``; later processes read it back instead of tracing.
+function and lowers it first (for the step program, seconds per run on the 2-core
+CPU). :func:`compile` (for a program the caller lowers) and :class:`Jit` (a ``jax.jit``
+stand-in) compile a shape as usual the first time and write the executable
+(``jax.experimental.serialize_executable``) to ``<compile cache>/nstjax-aot/``; later
+processes read it back instead of tracing.
 
 The key is a SHA-256 of everything that decides the program without tracing it:
 

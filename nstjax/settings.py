@@ -155,8 +155,8 @@ class Settings:
                        choices=LOOPS)  # fmt: skip
     conv_impl: str = _field(
         conv.DEFAULT_IMPL,
-        "convolution policy: auto (Winograd where it pays on CPU), xla, winograd2, "
-        "winograd4, winograd4_wide; xla compiles ~10x faster for short runs",
+        "convolution policy: auto (Winograd F(4x4) on CPU on every layer but the RGB one, "
+        "up to 256x256 px), xla, winograd2, winograd4, winograd4_wide",
         "str",
     )
     weights: str = _field("auto", "VGG19 weights: a source name or a file", "str")
