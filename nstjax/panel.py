@@ -162,49 +162,12 @@ def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
     return out
 
 
-LINALG_PRIMITIVES = frozenset(
-    ("eigh", "eig", "svd", "qr", "geqrf", "geqp3", "householder_product", "cholesky", "lu",
-     "triangular_solve", "schur", "hessenberg", "tridiagonal", "tridiagonal_solve")
-)  # fmt: skip
-"""Primitives that XLA:CPU runs as custom calls into LAPACK: a program holding one is
-not kept whole on disk (:mod:`nstjax.aot`), so the panel scores such distances in a
-program of their own and the rest loads without tracing."""
-
-
-def _primitives(jaxpr) -> set[str]:
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    names |= _primitives(inner)
-    return names
-
-
-@functools.cache
-def _uses_linalg(role: str, name: str, options: tuple) -> bool:
-    """Whether kind ``name``'s loss traces to a LAPACK primitive (on a tiny input; a
-    kind that does not trace there counts as one, which only costs it the disk store)."""
-    kind = registry.get(name)
-    opts = dict(options)
-
-    def probe(feat):  # traced only: no eager op, so nothing compiles here
-        target = kind.targets(feat, (4, 4, 8), **opts)
-        return kind.loss(feat, target, jax.random.PRNGKey(0), **opts)
-
-    try:
-        jaxpr = jax.make_jaxpr(probe)(jax.ShapeDtypeStruct((1, 4, 4, 8), jnp.float32))
-    except Exception:  # noqa: BLE001
-        return True
-    return bool(_primitives(jaxpr.jaxpr) & LINALG_PRIMITIVES)
-
-
 def _linalg_keys(spec: Spec) -> tuple[str, ...]:
-    """The distances whose losses use LAPACK."""
+    """The distances whose losses use LAPACK: XLA:CPU runs them as custom calls, and a
+    program holding one is not kept whole on disk (:mod:`nstjax.aot`), so the panel
+    scores them in a program of their own and the rest loads without tracing."""
     entries = [("style", e) for e in spec.style] + [("content", e) for e in spec.content]
-    return tuple(k for role, (k, n, o) in entries if _uses_linalg(role, n, o))
+    return tuple(k for _, (k, n, o) in entries if registry.uses_linalg(n, o))
 
 
 def _score_groups(spec: Spec) -> tuple[tuple[str, ...], ...]:

@@ -65,7 +65,7 @@ def test_lapack_distances_score_in_a_program_of_their_own():
     """w2's eigh is a LAPACK custom call, which nstjax.aot does not keep on disk: the
     other distances share a program that a warm run loads whole."""
     spec = panel.make_spec()
-    panel._uses_linalg.cache_clear()
+    panel.registry.uses_linalg.cache_clear()
     with monitor.count_compiles() as compiles:  # the probe is traced, never run
         plain, linalg = panel._score_groups(spec)
     assert compiles.events == 0
