@@ -61,12 +61,6 @@ def directory(environ=os.environ) -> Path | None:
     return cache.compile_cache_dir(environ) / SUBDIR
 
 
-def cpu_features() -> str:
-    """The CPU's feature flags (XLA:CPU compiles for the host's instruction set: code
-    built with AVX-512 must not load on a machine without it)."""
-    return xla_flags.cpu_features()
-
-
 @functools.cache
 def source_fingerprint() -> str:
     """SHA-256 of every ``.py`` file of the package (path and bytes)."""
@@ -108,7 +102,7 @@ def environment() -> list[str]:
     client = jax.devices(backend)[0].client
     return [
         MAGIC.decode(), source_fingerprint(), jax.__version__, jaxlib.__version__, backend,
-        client.platform_version, cpu_features(),
+        client.platform_version, xla_flags.cpu_features(),  # AVX-512 code needs AVX-512
         repr(sorted({d.device_kind for d in jax.devices(backend)})),
         os.environ.get("XLA_FLAGS", ""),
         repr((jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision)),

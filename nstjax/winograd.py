@@ -17,11 +17,11 @@ swapped, so the backward pass is Winograd too.
 Each tile transform is one matrix product with a constant Kronecker matrix
 (``B^T kron B^T``, ``T x T`` with ``T = n^2``; ``A^T kron A^T``, ``m^2 x T``) over the
 stacked tiles. Written before as one linear combination of strided slices per transform
-point, it compiled to hundreds of small fusions per layer and direction: on the 2-core
-AVX-512 CPU the VGG19 value-and-gradient at 256x192 (6 Winograd layers) took 6.4-8.6 s
-to compile and 0.23-0.26 s a step; with the Kronecker products, 1.5-2.0 s and 0.21-0.22 s
-(at 512x384: 11.0 against 2.0 s, 0.84 against 0.68-0.78 s a step). Measured with the
-scratch script described in the README's speed section.
+point, it compiled to hundreds of small fusions per layer and direction. On the 2-core
+AVX-512 CPU (``python benchmarks/conv_speed.py --sizes 256 512 --aspect 0.75 --impls
+auto``, the two versions alternated, 2 rounds) the VGG19 value-and-gradient compiled in
+6.0-7.3 s at 256x192 and 9.0-9.2 s at 512x384 before, 1.4-1.9 s and 1.8-2.5 s now, with
+steps of 0.207-0.261 s against 0.225-0.274 s and 0.693-0.745 s against 0.725-0.838 s.
 """
 
 from __future__ import annotations
