@@ -1,4 +1,4 @@
-"""The unrolled L-BFGS direction (nstjax/lbfgs.py) against optax's scan version."""
+"""The L-BFGS direction (nstjax/lbfgs.py) against optax's and a float64 two-loop."""
 
 from __future__ import annotations
 
@@ -38,6 +38,55 @@ def test_matches_optax(memory):
     np.testing.assert_allclose(state.weights_memory, ref_state.weights_memory, rtol=1e-4)
     # It optimizes: the objective went down a lot from the start.
     assert _objective(jnp.asarray(ours[-1])) < 0.2 * _objective(jnp.linspace(-1.0, 1.0, 24))
+
+
+def _two_loop64(g, s_mem, y_mem, rho, gamma, idx):
+    """Nocedal & Wright Algorithm 7.4 in float64 numpy (oldest slot: ``idx``)."""
+    m = len(rho)
+    slots = [(idx + j) % m for j in range(m)]
+    q, alphas = g.astype(np.float64), {}
+    for i in reversed(slots):
+        alphas[i] = rho[i] * s_mem[i] @ q
+        q = q - alphas[i] * y_mem[i]
+    r = gamma * q
+    for i in slots:
+        r = r + (alphas[i] - rho[i] * y_mem[i] @ r) * s_mem[i]
+    return r
+
+
+@pytest.mark.parametrize("objective", ["quadratic", "sines"])
+def test_direction_matches_float64_two_loop(objective):
+    """Every direction, from the state's own memory, against the two-loop recursion in
+    float64: right as slots wrap round and as pairs without curvature are skipped
+    (sines)."""
+    if objective == "quadratic":
+        dim, memory, lr, steps = 2000, 5, 0.5, 16
+        a = jax.random.normal(jax.random.PRNGKey(1), (dim,))
+        f = jax.grad(lambda x: 0.5 * jnp.sum((1.0 + a**2) * x**2) + jnp.sum(a * x))
+    else:  # tests/test_lbfgs_safety.py's non-convex problem, lr 1
+        dim, memory, lr, steps = 6, 3, 1.0, 40
+        f = jax.grad(lambda x: jnp.sum(jnp.sin(3.0 * x)) + 0.05 * jnp.sum(x**2))
+    opt = lbfgs.scale_by_lbfgs(memory)
+    x = 2.0 * jax.random.normal(jax.random.PRNGKey(3), (dim,))
+    state = opt.init(x)
+    update = jax.jit(opt.update)
+    skipped = 0
+    for _ in range(steps):
+        g = f(x)
+        pairs = int(state.pairs)
+        direction, state = update(g, state, x)
+        skipped += int(state.pairs) == pairs
+        ref = _two_loop64(
+            np.asarray(g), np.asarray(state.diff_params_memory, np.float64),
+            np.asarray(state.diff_updates_memory, np.float64),
+            np.asarray(state.weights_memory, np.float64), float(state.gamma),
+            int(state.pairs) % memory,
+        )  # fmt: skip
+        np.testing.assert_allclose(direction, ref, rtol=2e-4, atol=2e-4 * np.abs(ref).max())
+        x = x - lr * direction
+    assert int(state.pairs) > memory  # the slots wrapped round
+    if objective == "sines":
+        assert skipped > 1  # the first step, and pairs without curvature
 
 
 def test_rejects_empty_memory():
