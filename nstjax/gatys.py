@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nstjax import atomic, build, engine, image, monitor, writers
+from nstjax import atomic, build, engine, image, malloc, monitor, writers
 from nstjax.build import ImageLike, Job
 from nstjax.errors import NstError, UsageError
 from nstjax.optim import resolve_loop
@@ -56,6 +56,7 @@ def optimize(
             on_chunk(step, rec_RxKxN[0], state)
 
     outcome = next(engine.run_group([job], 1, chunk, stop_on_nonfinite=True))
+    malloc.trim()  # the steps' buffers are gone: their heap goes back before the panel
     if outcome.error:
         raise NstError(f"{outcome.error}; try a smaller --lr")
     m = engine.metrics(outcome)

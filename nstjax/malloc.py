@@ -7,7 +7,9 @@ page-faults and zero-fills hundreds of MiB again. Keeping freed memory in one he
 (one arena, no ``mmap`` for large blocks, no trimming) removes that: measured on the
 2-core machine, one Winograd VGG layer went from 84-90 to 40-45 ms, and an XLA-convolution
 Gatys value+grad at 256x256 from 0.87 to 0.80 s (``benchmarks/conv_speed.py --impls xla``).
-The cost is that the process keeps its peak heap until it exits.
+The cost is that the process keeps its peak heap until it exits, unless
+:func:`trim` gives it back: a single run calls it once its steps are done, before the
+distance panel (whose programs load into memory of their own, beside the heap).
 
 Applied only on Linux with glibc, before JAX starts its threads (the settings cover
 arenas created afterwards), so import nstjax before running JAX code. Opt out with
@@ -32,12 +34,31 @@ def apply(environ=os.environ) -> bool:
     """Sets :data:`SETTINGS` with ``mallopt``; True if all were accepted."""
     if environ.get("NSTJAX_MALLOC_DEFAULTS", "1") == "0" or not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 (glibc only: musl has no mallopt settings)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()  # glibc only: musl has no mallopt settings
+    if libc is None:
         return False
+    mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in SETTINGS)
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 (glibc only)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def trim() -> bool:
+    """Gives the heap's free memory back to the kernel (glibc's ``malloc_trim(0)``, which
+    also releases free pages inside the heap); True if it released any. Meant for the
+    end of the steps: the next steps would fault those pages in again."""
+    libc = _libc() if sys.platform.startswith("linux") else None
+    if libc is None:
+        return False
+    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    libc.malloc_trim.restype = ctypes.c_int
+    return libc.malloc_trim(0) == 1
