@@ -179,6 +179,7 @@ def _pyramid(settings: Settings, content, styles, weights, out_path, writer):
             image.save(intermediate_path(out_path, at), img)
 
     outcome, m = pyramid.run(settings, content, styles, weights, on_chunk)
+    malloc.trim()  # as optimize: the last level's heap goes back before the panel
     m["loop"] = resolve_loop(settings.loop)
     out = outcome.job.finish(outcome.image_HxWx3)
     m["panel"] = outcome.job.panel(_written(out))
