@@ -23,9 +23,12 @@ JAX's own cache): a loss kind registered from user code (its function lives outs
 the package), a static argument whose ``repr`` names a memory address, several
 processes, ``NSTJAX_COMPILE_CACHE=0`` (or ``NSTJAX_AOT=0``). A file that does not
 load (its SHA-256 does not match, another build) is deleted, never handed to the
-loader; files are written atomically. Not kept: programs with custom calls (``eigh``'s
-LAPACK kernel, in the ``w2`` loss: reloading one crashed the process with jax 0.10.2 on
-CPU) and executables that JAX's cache handed back (see :func:`_compile_and_store`).
+loader; files are written atomically. Programs with LAPACK custom calls (``eigh`` in the
+``w2`` loss) are kept: a fresh process has not yet filled jaxlib's table of LAPACK
+routines (reloading one crashed the process with jax 0.10.2 on CPU), so :func:`load`
+fills it first (:func:`_lapack_ready`). Not kept: programs with any other custom call
+(a Python callback cannot be reloaded) and executables that JAX's cache handed back (see
+:func:`_compile_and_store`).
 Like JAX's cache, the directory holds machine code and must be trusted: keep it private
 to the user (it is created 0o700 here).
 """
@@ -36,6 +39,7 @@ import functools
 import hashlib
 import os
 import pickle
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,11 +51,32 @@ from nstjax import atomic, monitor, xla_flags
 from nstjax.terms import registry
 from nstjax.weights import cache
 
-MAGIC = b"nstjax-aot-1\n"
+MAGIC = b"nstjax-aot-2\n"
 SUBDIR = "nstjax-aot"
 HIT_EVENT = "/nstjax/aot/cache_hits"
 MISS_EVENT = "/nstjax/aot/stored"
 UNSTORABLE = ".unstorable"
+LAPACK_PREFIX = "lapack_"
+"""Custom-call targets of jaxlib's LAPACK kernels on CPU (``lapack_ssyevd_ffi``, ...)."""
+
+
+def _custom_calls(compiled: jax.stages.Compiled) -> set[str]:
+    """The custom-call targets of a compiled program (empty for plain XLA)."""
+    return set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text()))
+
+
+@functools.cache
+def _lapack_ready() -> bool:
+    """Fills jaxlib's table of LAPACK routines (as lowering an ``eigh`` does), which a
+    stored program's LAPACK calls use; False where this jaxlib has no such hook (its
+    LAPACK programs are then not kept). 0.06 s, once per process."""
+    try:
+        from jax._src.lib import lapack  # noqa: PLC0415  (no public hook)
+
+        lapack._lapack.initialize()
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 def directory(environ=os.environ) -> Path | None:
@@ -154,7 +179,9 @@ def load(k: str, dynamics) -> jax.stages.Compiled | None:
         if hashlib.sha256(payload).digest() != digest:
             path.unlink(missing_ok=True)
             return None  # damaged: never hand damaged machine code to the loader
-        serialized, in_tree, out_tree = pickle.loads(payload)
+        serialized, in_tree, out_tree, lapack = pickle.loads(payload)
+        if lapack and not _lapack_ready():
+            return None
         compiled = serialize_executable.deserialize_and_load(
             serialized, in_tree, out_tree, execution_devices=_devices(dynamics)
         )
@@ -174,13 +201,15 @@ def store(k: str, compiled: jax.stages.Compiled) -> bool:
         from jax.experimental import serialize_executable  # noqa: PLC0415
 
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if "custom_call_target" in compiled.as_text():
-            # LAPACK & co.: their handlers do not survive a reload (segfault). The mark
-            # tells a later run not to ask a compile child for it (nstjax.child).
+        calls = _custom_calls(compiled)
+        lapack = bool(calls)
+        if not all(c.startswith(LAPACK_PREFIX) for c in calls) or (lapack and not _lapack_ready()):
+            # a Python callback & co. does not survive a reload. The mark tells a later
+            # run not to ask a compile child for it (nstjax.child).
             atomic.write_bytes(d / f"{k}{UNSTORABLE}", b"custom calls\n")
             return False
         serialized, in_tree, out_tree = serialize_executable.serialize(compiled)
-        payload = pickle.dumps((serialized, in_tree, out_tree), protocol=5)
+        payload = pickle.dumps((serialized, in_tree, out_tree, lapack), protocol=5)
         blob = MAGIC + hashlib.sha256(payload).digest() + payload
         atomic.write_bytes(d / f"{k}.bin", blob)
     except Exception:  # noqa: BLE001  (not serializable, disk full: keep running)

@@ -162,27 +162,11 @@ def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
     return out
 
 
-def _linalg_keys(spec: Spec) -> tuple[str, ...]:
-    """The distances whose losses use LAPACK: XLA:CPU runs them as custom calls, and a
-    program holding one is not kept whole on disk (:mod:`nstjax.aot`), so the panel
-    scores them in a program of their own and the rest loads without tracing."""
-    entries = [("style", e) for e in spec.style] + [("content", e) for e in spec.content]
-    return tuple(k for _, (k, n, o) in entries if registry.uses_linalg(n, o))
-
-
-def _score_groups(spec: Spec) -> tuple[tuple[str, ...], ...]:
-    """The distances' keys split in two programs: without and with LAPACK."""
-    linalg = _linalg_keys(spec)
-    plain = tuple(k for k in spec.keys if k not in linalg)
-    return tuple(g for g in (plain, linalg) if g)
-
-
-@functools.partial(aot.Jit, static_argnums=(0, 1), compiler_options=ONE_OFF_OPTIONS)
-def _scores(spec: Spec, only: tuple[str, ...], feats, style_targets, content_targets, blend,
-            key):  # fmt: skip
-    """The distances ``only`` of one image (its features): ``{key: scalar}``; each the
-    mean over the role's layers. A per-style-image target list blends the losses. Keys
-    fold in each distance's place in ``spec``, whichever subset is computed."""
+@functools.partial(aot.Jit, static_argnums=(0,), compiler_options=ONE_OFF_OPTIONS)
+def _scores(spec: Spec, feats, style_targets, content_targets, blend, key):
+    """Every distance of one image (its features): ``{key: scalar}``; each the mean over
+    the role's layers. A per-style-image target list blends the losses. Keys fold in
+    each distance's place in ``spec``."""
     out = {}
     groups = (
         ("style", spec.style, spec.style_layers, style_targets),
@@ -190,8 +174,6 @@ def _scores(spec: Spec, only: tuple[str, ...], feats, style_targets, content_tar
     )
     for r, (_, kinds, layers, targets) in enumerate(groups):
         for i, (k, name, options) in enumerate(kinds):
-            if k not in only:
-                continue
             kind = registry.get(name)
             opts = dict(options)
             k_t = jax.random.fold_in(jax.random.fold_in(key, r), i)
@@ -323,9 +305,7 @@ class Panel:
                 }
         feats = _forward(spec, self.params, content[None], spec.layers)
         self.content_targets = _targets(spec, "content", feats, self.hw)
-        self.photo, self.painting = self._references(
-            feats, content, styles, seed, self._reference_groups()
-        )
+        self.photo, self.painting = self._references(feats, content, styles, seed)
         style_keys = {k for k, _, _ in spec.style}
         self.scale = {k: self.photo[k] if k in style_keys else self.painting[k] for k in self.photo}
 
@@ -338,54 +318,37 @@ class Panel:
         kwargs.setdefault("ceil_mode", obj.ceil_mode)
         return cls(vgg_params, content, styles, **kwargs)
 
-    def _reference_groups(self) -> tuple[tuple[str, ...], ...]:
-        return _score_groups(self.spec)
-
-    def _references(self, feats, content, styles, seed, groups):
-        """The photo's and the painting's distances (:attr:`photo`, :attr:`painting`) of
-        ``groups``: read back from :mod:`nstjax.panel_refs` where kept, else scored (the
-        content image's features ``feats``; each style image resized to :attr:`hw`,
+    def _references(self, feats, content, styles, seed):
+        """The photo's and the painting's distances (:attr:`photo`, :attr:`painting`):
+        read back from :mod:`nstjax.panel_refs` where kept, else scored (the content
+        image's features ``feats``; each style image resized to :attr:`hw`,
         blend-weighted) and kept."""
         k = panel_refs.key(self.spec, self.params, content, styles, self.blend, seed)
         kept = panel_refs.load(k)
         photo, painting = kept["photo"], kept["painting"]
-        missing = tuple(g for g in groups if not all(x in photo and x in painting for x in g))
-        if missing:
-            photo.update(self._score(feats, missing))
+        keys = sorted(self.spec.keys)
+        if not all(x in photo and x in painting for x in keys):
+            photo = self._score(feats)
             per_style = [
                 self._score(
                     _forward(
                         self.spec, self.params, image.resize(s, *self.hw)[None], self.spec.layers
-                    ),
-                    missing,
+                    )
                 )  # fmt: skip
                 for s in styles
             ]
-            painting.update({
+            painting = {
                 x: float(sum(w * p[x] for w, p in zip(self.blend, per_style, strict=True)))
-                for x in per_style[0]
-            })  # fmt: skip
+                for x in keys
+            }
             panel_refs.store(k, {"photo": photo, "painting": painting})
-        keys = [x for g in groups for x in g]
-        return ({x: photo[x] for x in sorted(keys)}, {x: painting[x] for x in sorted(keys)})
+        return {x: photo[x] for x in keys}, {x: painting[x] for x in keys}
 
-    def _score(self, feats, groups=None) -> dict[str, float]:
-        out = {}
-        for only in _score_groups(self.spec) if groups is None else groups:
-            out.update(
-                _floats(
-                    _scores(
-                        self.spec,
-                        only,
-                        feats,
-                        self.style_targets,
-                        self.content_targets,
-                        self.blend,
-                        self.key,
-                    )  # fmt: skip
-                )
-            )
-        return dict(sorted(out.items()))  # as one program's output dict was
+    def _score(self, feats) -> dict[str, float]:
+        out = _scores(
+            self.spec, feats, self.style_targets, self.content_targets, self.blend, self.key
+        )
+        return dict(sorted(_floats(out).items()))
 
     def distances(self, output) -> dict[str, float]:
         """The raw distances of ``output`` (pixel space, the content's size)."""
@@ -410,26 +373,16 @@ class Panel:
         return raw, self.normalize(raw)
 
 
-class _Storable(Panel):
-    """A panel whose references skip the distances that use LAPACK: their programs
-    cannot be kept whole (:mod:`nstjax.aot`), so a compile child would build them for
-    nothing; the run scores them itself."""
-
-    def _reference_groups(self):
-        linalg = set(_linalg_keys(self.spec))
-        return tuple(g for g in _score_groups(self.spec) if not set(g) & linalg)
-
-
 def prebuild(obj, vgg_params, content, styles, blend) -> None:
     """Compiles a ``Panel.for_objective(...)``'s programs into the store, and keeps its
-    references without LAPACK (:mod:`nstjax.panel_refs`): a compile child's work
-    (:mod:`nstjax.child`; ``Job.prewarm_panel``)."""
-    panel = _Storable.for_objective(obj, vgg_params, content, styles, blend=blend)
+    references (:mod:`nstjax.panel_refs`): a compile child's work (:mod:`nstjax.child`;
+    ``Job.prewarm_panel``)."""
+    panel = Panel.for_objective(obj, vgg_params, content, styles, blend=blend)
     spec = panel.spec
     feats = _forward(spec, panel.params, np.zeros((1, *panel.hw, 3), np.float32), spec.layers)
-    for only in panel._reference_groups():  # scored above unless the references were kept
-        _scores.precompile(spec, only, feats, panel.style_targets, panel.content_targets,
-                           panel.blend, panel.key)  # fmt: skip
+    # scored above unless the references were kept
+    _scores.precompile(spec, feats, panel.style_targets, panel.content_targets, panel.blend,
+                       panel.key)  # fmt: skip
 
 
 def distance_panel(

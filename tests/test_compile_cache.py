@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+
 from nstjax import aot, cli, process
 
 
@@ -76,8 +78,8 @@ def test_cold_programs_compile_in_children(images, tmp_path, weights_cache):
     assert kids["compiles"]["compiled"] == 0
     assert kids["loss"] == here["loss"] and kids["final"] == here["final"]
     assert kids["panel"] == here["panel"]
-    # w2's LAPACK program cannot be kept whole: marked, so it starts no child later
-    assert list((tmp_path / "a" / aot.SUBDIR).glob(f"*{aot.UNSTORABLE}"))
+    # w2's LAPACK program is kept whole too: nothing is marked unstorable
+    assert not list((tmp_path / "a" / aot.SUBDIR).glob(f"*{aot.UNSTORABLE}"))
     warm = _stylize(images, tmp_path, tmp_path / "a", weights_cache, "warm", "1", "on")
     assert warm["compiles"]["children"] == 0 and warm["compiles"]["compiled"] == 0
     assert warm["compiles"]["whole_executables"] == kids["compiles"]["whole_executables"]
@@ -134,11 +136,47 @@ def test_whole_executables_need_a_key_the_source_covers(monkeypatch, tmp_path):
     )
     assert aot.key("f", ("static",), (x,), None) is None
     monkeypatch.delitem(registry.KINDS, "mine")
-    # programs with custom calls (LAPACK's eigh) are not kept
-    eigh = jax.jit(lambda a: jnp.linalg.eigh(a @ a.T)[0]).lower(x).compile()
-    assert not aot.store(k, eigh) and not list((tmp_path / aot.SUBDIR).glob("*.bin"))
+    # programs with other custom calls (a Python callback) are not kept, only marked
+    shape = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    callback = jax.jit(lambda a: jax.pure_callback(np.negative, shape, a)).lower(x).compile()
+    assert not aot.store(k, callback) and not list((tmp_path / aot.SUBDIR).glob("*.bin"))
+    assert aot.known(k) and list((tmp_path / aot.SUBDIR).glob(f"*{aot.UNSTORABLE}"))
     plain = jax.jit(lambda a: a * 2).lower(x).compile()
     assert aot.store(k, plain)
     assert float(aot.load(k, (x,))(x)[0, 0]) == 2.0
     monkeypatch.setenv("NSTJAX_AOT", "0")
     assert aot.directory() is None and aot.load(k, (x,)) is None
+
+
+LAPACK_PROGRAM = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from nstjax import aot, monitor
+x = jnp.asarray(np.arange(16, dtype=np.float32).reshape(4, 4) / 7.0)
+lower = jax.jit(lambda a: jnp.linalg.eigh(a @ a.T + jnp.eye(4))[0]).lower
+with monitor.count_compiles() as counts:
+    f = aot.compile("eigh_test", lambda: lower(x), (), (x,))
+print(counts.aot_hits, *np.asarray(f(x)).tolist())
+"""
+
+
+def test_lapack_programs_reload_in_a_fresh_process(tmp_path):
+    """w2's eigh is a LAPACK custom call. A fresh process that loaded such a program
+    before jaxlib's LAPACK table was filled crashed (SIGSEGV, jax 0.10.2); aot.load
+    fills it first, so the program is kept whole and loads with the same values."""
+    env = {**os.environ, "NSTJAX_COMPILE_CACHE": str(tmp_path), "NSTJAX_AOT": "1"}
+
+    def run():
+        proc = subprocess.run([sys.executable, "-c", LAPACK_PROGRAM], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        hits, *values = proc.stdout.split()
+        return int(hits), np.asarray(values, np.float64)
+
+    hits_cold, cold = run()
+    assert hits_cold == 0 and list((tmp_path / aot.SUBDIR).glob("*.bin"))
+    hits_warm, warm = run()
+    assert hits_warm == 1  # read back whole, not traced
+    np.testing.assert_array_equal(warm, cold)
+    a = np.arange(16, dtype=np.float64).reshape(4, 4) / 7.0
+    np.testing.assert_allclose(cold, np.linalg.eigvalsh(a @ a.T + np.eye(4)), rtol=1e-4)

@@ -61,19 +61,6 @@ def test_one_forward_per_image_and_one_compile_per_shape(the_panel, pics, monkey
         the_panel(content[:-2])
 
 
-def test_lapack_distances_score_in_a_program_of_their_own():
-    """w2's eigh is a LAPACK custom call, which nstjax.aot does not keep on disk: the
-    other distances share a program that a warm run loads whole."""
-    spec = panel.make_spec()
-    panel.registry.uses_linalg.cache_clear()
-    with monitor.count_compiles() as compiles:  # the probe is traced, never run
-        plain, linalg = panel._score_groups(spec)
-    assert compiles.events == 0
-    assert linalg == ("style/w2",)
-    assert set(plain) == set(spec.keys) - {"style/w2"}
-    assert {"style/gram", "style/mrf", "content/selfsim"} <= set(plain)
-
-
 @pytest.mark.parametrize("term", ["gram", "sliced_w2"])
 def test_a_stylized_image_is_closer_in_its_term(term, the_panel, pics, real_weights):
     content, style = pics
@@ -163,17 +150,16 @@ def test_references_are_kept_on_disk(real_weights, pics, tmp_path, monkeypatch):
     monkeypatch.setenv("NSTJAX_COMPILE_CACHE", str(tmp_path))
     calls = []
     scores = panel._scores
-    monkeypatch.setattr(panel, "_scores", lambda *a: calls.append(a[1]) or scores(*a))
+    monkeypatch.setattr(panel, "_scores", lambda *a: calls.append(a[0]) or scores(*a))
     first = panel.Panel(real_weights.params, content, [style])
-    groups = panel._score_groups(first.spec)
-    assert calls == list(groups) * 2  # the photo's, then the painting's
+    assert calls == [first.spec] * 2  # the photo's, then the painting's
     files = list((tmp_path / panel_refs.SUBDIR).glob("*.json"))
     assert len(files) == 1
     calls.clear()
     second = panel.Panel(real_weights.params, content, [style])
     assert calls == []
     assert second.photo == first.photo and second.painting == first.painting
-    assert second(content) == first(content) and calls == list(groups) * 2
+    assert second(content) == first(content) and calls == [first.spec] * 2
     # another style image, another key
     panel.Panel(real_weights.params, content, [style[::-1]])
     assert len(list((tmp_path / panel_refs.SUBDIR).glob("*.json"))) == 2
@@ -182,20 +168,20 @@ def test_references_are_kept_on_disk(real_weights, pics, tmp_path, monkeypatch):
         files[0].write_text(text)
         calls.clear()
         third = panel.Panel(real_weights.params, content, [style])
-        assert calls == list(groups) * 2 and third.photo == first.photo
+        assert calls == [first.spec] * 2 and third.photo == first.photo
     assert panel_refs.load(panel_refs.key(first.spec, first.params, content, [style],
                                           first.blend, 0))["photo"] == first.photo  # fmt: skip
-    # a compile child keeps the references without LAPACK: the run scores only those
+    # a compile child keeps every reference (w2's LAPACK included): the run scores none
     files[0].unlink()
     params = real_weights.params
     defaults = types.SimpleNamespace(pooling="avg", preprocessing=first.spec.preprocessing,
                                      ceil_mode=None)  # the Panel's own  # fmt: skip
     monkeypatch.setattr(panel, "_scores", scores)  # prebuild precompiles with it
     panel.prebuild(defaults, params, content, [style], None)
-    monkeypatch.setattr(panel, "_scores", lambda *a: calls.append(a[1]) or scores(*a))
+    monkeypatch.setattr(panel, "_scores", lambda *a: calls.append(a[0]) or scores(*a))
     calls.clear()
     panel.Panel(real_weights.params, content, [style])
-    assert calls == [("style/w2",)] * 2
+    assert calls == []
     monkeypatch.setenv("NSTJAX_AOT", "0")
     assert (
         panel_refs.directory() is None

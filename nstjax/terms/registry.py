@@ -49,7 +49,6 @@ Unknown kinds and options fail loudly.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -275,45 +274,3 @@ def unique_names(configs: Sequence[TermConfig]) -> list[str]:
     if len(set(names)) != len(names):
         raise UsageError(f"loss term names must be unique, got {names}")
     return names
-
-
-LINALG_PRIMITIVES = frozenset(
-    ("eigh", "eig", "svd", "qr", "geqrf", "geqp3", "householder_product", "cholesky", "lu",
-     "triangular_solve", "schur", "hessenberg", "tridiagonal", "tridiagonal_solve")
-)  # fmt: skip
-"""Primitives that XLA:CPU runs as custom calls into LAPACK."""
-
-
-def _primitives(jaxpr) -> set[str]:
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    names |= _primitives(inner)
-    return names
-
-
-@functools.cache
-def uses_linalg(name: str, options: tuple = ()) -> bool:
-    """Whether kind ``name``'s loss (with ``options``, as ``(key, value)`` pairs) traces
-    to a LAPACK primitive (:data:`LINALG_PRIMITIVES`), on a tiny input. A kind that does
-    not trace there counts as one (which only costs it the disk store of
-    :mod:`nstjax.aot`)."""
-    import jax  # noqa: PLC0415  (the registry itself imports no JAX)
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    kind = get(name)
-    opts = dict(options)
-
-    def probe(feat):  # traced only: no eager op, so nothing compiles here
-        target = kind.targets(feat, (4, 4, 8), **opts)
-        return kind.loss(feat, target, jax.random.PRNGKey(0), **opts)
-
-    try:
-        jaxpr = jax.make_jaxpr(probe)(jax.ShapeDtypeStruct((1, 4, 4, 8), jnp.float32))
-    except Exception:  # noqa: BLE001
-        return True
-    return bool(_primitives(jaxpr.jaxpr) & LINALG_PRIMITIVES)
