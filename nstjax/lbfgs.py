@@ -213,8 +213,10 @@ def scale_by_lbfgs(memory_size: int = 10) -> optax.GradientTransformation:
         )
         # Every read of the old memories must come before the slot is rewritten in
         # place. The write's index depends on the direction (always ``slot``: its
-        # minimum with m or m + 1), so XLA orders the reads first; otherwise it found
-        # them unordered and copied both memories (118 MiB at 256x192) twice a step.
+        # minimum with m or m + 1), so the reads come first for XLA too. A vmapped
+        # program that read a donated memory and rewrote a slot of it, unordered, got
+        # the memory copied (twice, 118 MiB at 256x192); so did reading the rewritten
+        # memory with a batch of one (XLA fused the write into each reader).
         probe = jax.tree.leaves(direction)[0].reshape(-1)[0]
         slot_w = jnp.minimum(slot, memory_size + jnp.isnan(probe).astype(slot.dtype))
         s_memory, y_memory = jax.tree.map(
