@@ -1,5 +1,3 @@
-import sys
+from nstjax.cli import run
 
-from nstjax.cli import main
-
-sys.exit(main())
+run()

@@ -240,5 +240,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return guarded(go, PROG)
 
 
+def run() -> None:
+    """The ``nstjax`` command: :func:`main`, then the process ends at once.
+
+    Every result is written (atomically) and every compile child waited for by the time
+    :func:`main` returns. What Python's own shutdown would still do is a garbage
+    collection over JAX's and Flax's module graphs and freeing the heap: 0.4-0.5 s after
+    a 256 px run on the 2-core CPU, which the user waited for and nobody needed. So the
+    standard streams are flushed and the process exits with ``os._exit``. Library users
+    call :func:`main` (it returns the exit status)."""
+    rc = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

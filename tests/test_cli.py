@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -155,6 +156,19 @@ def test_console_script_subprocess(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "nstjax: error: image not found: 'nope.jpg'"
+
+
+def test_the_command_flushes_and_exits_with_main_s_status(tmp_path):
+    """`python -m nstjax` ends with os._exit (no interpreter shutdown): what it printed
+    still arrives, and the status is main()'s."""
+    env = dict(os.environ, NSTJAX_COMPILE_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "nstjax", "cache", "info"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("compilation cache on: ") and str(tmp_path) in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "nstjax", "stylize", "--bogus"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.startswith("nstjax: error:")
 
 
 def test_weights_info(cache_env, real_weights, capsys):
