@@ -159,8 +159,8 @@ def test_console_script_subprocess(tmp_path):
 
 
 def test_the_command_flushes_and_exits_with_main_s_status(tmp_path):
-    """`python -m nstjax` ends with os._exit (no interpreter shutdown): what it printed
-    still arrives, and the status is main()'s."""
+    """`python -m nstjax` freezes the GC before a normal exit: what it printed arrives
+    and the status is main()'s."""
     env = dict(os.environ, NSTJAX_COMPILE_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run([sys.executable, "-m", "nstjax", "cache", "info"], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -169,6 +169,11 @@ def test_the_command_flushes_and_exits_with_main_s_status(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nstjax", "stylize", "--bogus"], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.startswith("nstjax: error:")
+    # a profiler still gets to write what it collected (no os._exit)
+    prof = tmp_path / "cli.prof"
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "nstjax",
+                           "cache", "info"], env=env, capture_output=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and prof.stat().st_size > 1000
 
 
 def test_weights_info(cache_env, real_weights, capsys):
