@@ -215,6 +215,15 @@ def test_helpers():
     assert stats.sample_positions(KEY, 10, 10) is None
     idx = np.asarray(stats.sample_positions(KEY, 100, 30))
     assert idx.shape == (30,) and len(set(idx.tolist())) == 30 and idx.max() < 100
+    # uniform: over 4000 keys every position is drawn ~1200 times (binomial sd ~29), and
+    # the first draw is as uniform as the rest (random order)
+    keys = jax.random.split(KEY, 4000)
+    draws = np.asarray(jax.vmap(lambda k: stats.sample_positions(k, 100, 30))(keys))
+    assert all(len(set(d.tolist())) == 30 for d in draws[:50])
+    counts = np.bincount(draws.ravel(), minlength=100)
+    assert np.abs(counts - 1200).max() < 5 * np.sqrt(4000 * 0.3 * 0.7)
+    first = np.bincount(draws[:, 0], minlength=100)
+    assert first.min() > 15 and first.max() < 70  # ~40 each
     v = jnp.asarray(np.random.default_rng(0).normal(size=(3, 50)), jnp.float32)
     v = v.at[0, :3].set(jnp.asarray([0.0, -0.0, -1e-30]))
     np.testing.assert_array_equal(np.asarray(stats.sort_nograd(v)), np.sort(np.asarray(v), -1))

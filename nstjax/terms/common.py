@@ -26,11 +26,17 @@ def flat(feat_BxHxWxC: jax.Array) -> jax.Array:
 
 def sample_positions(key: jax.Array, n: int, samples: int) -> jax.Array | None:
     """Indices of ``samples`` distinct positions out of ``n``, uniformly at random from
-    ``key`` (a prefix of a random permutation); None when ``n <= samples``: use all
-    positions (then the term is deterministic). ``n`` and ``samples`` are static."""
+    ``key``, in random order; None when ``n <= samples``: use all positions (then the
+    term is deterministic). ``n`` and ``samples`` are static.
+
+    The positions of the ``samples`` largest of ``n`` random 32-bit keys: the same law as
+    a prefix of ``jax.random.permutation(key, n)`` (up to ties among the keys), from one
+    top-k. The permutation shuffles by rounds of sorting in a loop; those loops were 44 of
+    the 49 in the distance panel's program (with the copies and tuples around them), and
+    the panel at 256 px compiled in 9.5 s with 1,233 kernels, against 8.7 s and 837."""
     if n <= samples:
         return None
-    return jax.random.permutation(key, n)[:samples]
+    return lax.top_k(jax.random.bits(key, (n,), jnp.uint32), samples)[1]
 
 
 def gather_positions(x_BxMxC: jax.Array, idx: jax.Array | None) -> jax.Array:
