@@ -7,8 +7,8 @@ the step is the run's key folded with the step number (as big_vision's ``train.p
 does), so stochastic terms are reproducible.
 
 A chunk runs up to ``chunk_size`` steps: on GPU/TPU inside one compiled program
-(``lax.fori_loop`` with a *dynamic* trip count), on CPU as asynchronously dispatched
-compiled steps (see :func:`resolve_loop`). Python only sees the state between chunks.
+(``lax.fori_loop`` with a *dynamic* trip count), on CPU as ``n`` calls of the compiled
+step (see :func:`resolve_loop`). Python only sees the state between chunks.
 Everything here is ``vmap``-ed over a leading "runs" axis: a single run is a batch of
 one (see :mod:`nstjax.engine`).
 """
@@ -88,8 +88,10 @@ def resolve_loop(loop: str) -> str:
 
     ``device`` runs a chunk as one compiled ``fori_loop``. On XLA:CPU (jax 0.10) a
     VGG19 step inside a while loop runs about 2.5x slower than the same step as a
-    top-level program, so on CPU ``host`` dispatches the compiled step ``n`` times
-    asynchronously instead (no host sync inside a chunk; still one compile).
+    top-level program, so on CPU ``host`` calls the compiled step ``n`` times instead
+    (one compile; no transfer to the host inside a chunk). The CLI makes those calls
+    synchronous (:func:`nstjax.process.cpu_sync_dispatch`: one step's scratch memory
+    at a time); under JAX's default they are dispatched asynchronously.
     """
     if loop not in LOOPS:
         raise UsageError(f"unknown loop mode {loop!r}; use one of {LOOPS}")
@@ -165,7 +167,7 @@ class ChunkRunner:
             rec = np.asarray(rec)[:n_steps]
         else:
             records = []
-            for _ in range(n_steps):  # dispatched asynchronously; no sync until np.asarray
+            for _ in range(n_steps):  # no transfer until np.asarray
                 state, r = self._compiled(state, ctx)
                 records.append(r)
             rec = np.stack([np.asarray(r) for r in records])

@@ -3,6 +3,7 @@
 :func:`setup` applies nstjax's defaults:
 
 * XLA flags (:mod:`nstjax.xla_flags`) and glibc malloc options (:mod:`nstjax.malloc`);
+* synchronous dispatch on CPU (:func:`cpu_sync_dispatch`);
 * JAX's persistent compilation cache in ``<nstjax cache>/xla`` (beside the weights;
   ``$NSTJAX_CACHE``, else ``$XDG_CACHE_HOME/nstjax``, else ``~/.cache/nstjax``), so a
   second run of the same shapes compiles nothing: the step program, targets, final
@@ -58,10 +59,36 @@ def clear_compile_cache(environ=os.environ) -> tuple[str, int]:
     return str(path), size
 
 
+def cpu_sync_dispatch(environ=os.environ) -> bool:
+    """Makes XLA:CPU run each program to completion before the call returns (JAX's
+    ``jax_cpu_enable_async_dispatch=False``); True if set. ``NSTJAX_ASYNC_DISPATCH=1``
+    keeps JAX's default.
+
+    With asynchronous dispatch the optimization loop (:class:`nstjax.optim.ChunkRunner`,
+    ``loop="host"``) enqueues the next step while the previous one still runs, and
+    XLA:CPU allocates the next execution's scratch buffer (95 MiB at 256x192, 360 MiB at
+    512x384) before the previous one's is freed. glibc's heap, which nstjax keeps instead
+    of returning it (:mod:`nstjax.malloc`), then grows to hold both, now and then,
+    for the rest of the run. Dispatching synchronously caps it at one: in steady
+    256x192 steps (scratch script, four 20-step chunks, alternated) the process peaked
+    at 1,142 MiB against 1,233-1,334 MiB, at 512x384 at 1,819-1,838 against 2,384 MiB,
+    with no measurable change in step time (the host's dispatch costs microseconds
+    against 0.14-0.7 s steps). Only programs on one device are affected: sharded sweeps
+    dispatch as before. Must run before JAX starts its CPU backend.
+    """
+    if environ.get("NSTJAX_ASYNC_DISPATCH", "0") == "1":
+        return False
+    import jax  # noqa: PLC0415
+
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True
+
+
 def setup(environ=os.environ) -> dict:
     """Applies the process defaults once; returns what was applied."""
     if not _DONE:
         _DONE["xla_flags"] = xla_flags.apply(environ)
         _DONE["malloc"] = malloc.apply(environ)
+        _DONE["cpu_sync_dispatch"] = cpu_sync_dispatch(environ)
         _DONE["compile_cache"] = enable_compile_cache(environ)
     return dict(_DONE)
