@@ -72,9 +72,10 @@ def cpu_sync_dispatch(environ=os.environ) -> bool:
     for the rest of the run. Dispatching synchronously caps it at one: in steady
     256x192 steps (scratch script, four 20-step chunks, alternated) the process peaked
     at 1,142 MiB against 1,233-1,334 MiB, at 512x384 at 1,819-1,838 against 2,384 MiB,
-    with no measurable change in step time (the host's dispatch costs microseconds
-    against 0.14-0.7 s steps). Only programs on one device are affected: sharded sweeps
-    dispatch as before. Must run before JAX starts its CPU backend.
+    with no measurable change in step time (256x192, five alternated pairs of
+    processes: medians 0.201 against 0.209 s a step, best 0.190 against 0.191 s).
+    Only programs on one device are affected: sharded sweeps dispatch as before. Must
+    run before JAX starts its CPU backend.
     """
     if environ.get("NSTJAX_ASYNC_DISPATCH", "0") == "1":
         return False
