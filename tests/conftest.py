@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-# The suite runs as an entry point would (XLA flags, malloc), without the persistent
+# The suite runs as an entry point would (XLA flags; malloc: below), without the persistent
 # compilation cache (tests count compilations; tests/test_compile_cache.py turns it on).
 os.environ.setdefault("NSTJAX_COMPILE_CACHE", "0")
 # The distance panel compiles every registered distance (tens of seconds per image shape
@@ -20,7 +20,18 @@ os.environ.setdefault("NSTJAX_COMPILE_CACHE", "0")
 os.environ.setdefault("NSTJAX_PANEL", "off")
 import nstjax  # noqa: E402
 
+# This process keeps glibc's malloc defaults: with one arena (nstjax/malloc.py) XLA's
+# compiler threads wait on its lock, and the tests here mostly compile (a panel score
+# program: 10.1-12.5 s against 7.1-7.5 s). Commands the tests start (CLI, benchmarks,
+# sweeps) get the entry points' settings.
+_MALLOC_ENV = "NSTJAX_MALLOC_DEFAULTS"
+_malloc_env = os.environ.get(_MALLOC_ENV)
+os.environ[_MALLOC_ENV] = "0"
 nstjax.setup()
+if _malloc_env is None:
+    del os.environ[_MALLOC_ENV]
+else:
+    os.environ[_MALLOC_ENV] = _malloc_env
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
