@@ -75,3 +75,14 @@ def test_force_rebuilds_and_a_failed_build_keeps_the_entry(tmp_path):
         cache.ensure("e", fail, force=True, directory=tmp_path)
     assert cache.lookup("e", tmp_path)["n"] == 2  # the lock is released, the entry kept
     assert cache.ensure("e", fail, directory=tmp_path)["n"] == 2
+
+
+def test_a_cached_entry_is_read_without_the_lock(tmp_path, monkeypatch):
+    # a shared cache may be read-only: the lock file could not be created there
+    cache.ensure("e", lambda: ({"a": np.ones(2, np.float32)}, {"n": 1}), directory=tmp_path)
+
+    def no_lock(*args):
+        raise PermissionError("read-only cache")
+
+    monkeypatch.setattr(cache, "locked", no_lock)
+    assert cache.ensure("e", lambda: pytest.fail("built again"), directory=tmp_path)["n"] == 1

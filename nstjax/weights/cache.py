@@ -119,8 +119,12 @@ def ensure(
     workers, an array of sweep jobs on first use) build an entry once: the others wait
     and read it. Without it two writers could interleave, and a reader pair one
     writer's ``.npz`` with the other's record (``np.savez`` output differs run to run,
-    so its SHA-256 would not match).
+    so its SHA-256 would not match). A cached entry is read without the lock (a shared
+    cache may be read-only).
     """
+    record = lookup(name, directory)
+    if record is not None and not force:
+        return record
     with locked(name, directory):
         record = lookup(name, directory)
         if record is not None and not force:
