@@ -24,9 +24,9 @@ kept) and all together within ``--budget`` seconds (default 8 minutes, counted f
 The JSON holds ``suite`` (what ran, when, how long), one object per part (``status``:
 ok | timeout | failed | skipped, ``seconds``, ``note``, its rows) and ``figures``: the
 headline numbers flat, ``{name: positive number}``. ``--dry-run`` runs the same parts on
-the CPU (``JAX_PLATFORMS=cpu``) at tiny sizes and steps and gives the same structure; it
-runs the sweep beside the other parts (``--jobs 2``: XLA:CPU compiles on one thread), so
-its timings mean nothing.
+the CPU (``JAX_PLATFORMS=cpu``) at tiny sizes and steps (the sweep's first two rows only)
+and gives the same structure; it runs the sweep beside the other parts (``--jobs 2``:
+XLA:CPU compiles on one thread), so its timings mean nothing.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ PLAN = {
     },
     "sweep": {
         "real": {"size": 512, "steps": 50, "batch_size": 20},
-        "dry": {"size": 32, "steps": 2, "batch_size": 20},
+        "dry": {"size": 32, "steps": 2, "batch_size": 20, "rows": 2},
     },
 }
 TIMEOUTS = {"env": 60, "step": 110, "arbitrary": 60, "memory": 120, "sweep": 200}
@@ -276,6 +276,7 @@ def do_memory(env: dict, limit: float, p: dict) -> tuple[dict, dict]:
 def do_sweep(env: dict, limit: float, p: dict) -> tuple[dict, dict]:
     cmd = [sys.executable, str(BENCH / "sweep_speed.py"), "--size", str(p["size"])]
     cmd += ["--steps", str(p["steps"]), "--batch-size", str(p["batch_size"])]
+    cmd += ["--rows", str(p.get("rows", 5))]
     status, out, secs, note = run_part(cmd, limit, env)
     parts = {prefix: obj for prefix, obj in json_lines(out) if prefix}
     result = {"status": status, "seconds": secs, "note": note, "params": p}
@@ -288,7 +289,7 @@ def do_sweep(env: dict, limit: float, p: dict) -> tuple[dict, dict]:
         result["step_programs"] = b.get("step_programs")
         result["groups"] = b.get("groups")
         figures["sweep_batched_seconds"] = b["seconds"]
-    if len(result["single"]) == 5:
+    if result["single"] and len(result["single"]) == p.get("rows", 5):
         one_at_a_time = 4 * sum(v["seconds"] for v in result["single"].values())
         result["one_at_a_time_seconds"] = one_at_a_time
         figures["sweep_one_at_a_time_seconds"] = one_at_a_time

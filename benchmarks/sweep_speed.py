@@ -1,6 +1,7 @@
 """Batched sweep vs one run at a time: the Gatys Fig. 3 sweep (20 variants).
 
     python benchmarks/sweep_speed.py --size 128 --steps 50
+    python benchmarks/sweep_speed.py --size 32 --steps 2 --rows 2   # 8 variants, a smoke test
 
 Runs, each in a fresh process (so every compile is paid as a user would pay it):
   1. the whole sweep with ``nstjax run`` (batched per group, sharded over local devices);
@@ -50,14 +51,22 @@ def single(size: int, steps: int, row: int) -> dict:
     }
 
 
-def batched(size: int, steps: int, batch_size: int) -> dict:
+def batched(size: int, steps: int, batch_size: int, rows: int = 5) -> dict:
+    """The sweep's first ``rows`` rows (4 variants each) with ``nstjax run``."""
     from nstjax import runner
 
     fig3 = _fig3()
     config = fig3.get_config("cpu").unlock()
     config.settings.size, config.settings.steps, config.batch_size = size, steps, batch_size
+
+    def first_rows(add):
+        calls = []
+        fig3.sweep(lambda **kw: calls.append(kw))
+        for kw in calls[: 4 * rows]:
+            add(**kw)
+
     with tempfile.TemporaryDirectory() as workdir:
-        return runner.run(config.lock(), workdir, fig3.sweep, progress=False)
+        return runner.run(config.lock(), workdir, first_rows, progress=False)
 
 
 def main() -> None:
@@ -68,6 +77,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--rows", type=int, default=5, choices=range(1, 6),
+                   help="time the first ROWS rows (style-layer sets) of the five [5]")  # fmt: skip
     p.add_argument("--mode", choices=("single", "batched"), help=argparse.SUPPRESS)
     p.add_argument("--row", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -75,10 +86,10 @@ def main() -> None:
         print(json.dumps(single(args.size, args.steps, args.row)))
         return
     if args.mode == "batched":
-        print(json.dumps(batched(args.size, args.steps, args.batch_size)))
+        print(json.dumps(batched(args.size, args.steps, args.batch_size, args.rows)))
         return
     out = {}
-    for mode, row in [("batched", 0)] + [("single", r) for r in range(5)]:
+    for mode, row in [("batched", 0)] + [("single", r) for r in range(args.rows)]:
         cmd = [
             sys.executable,
             __file__,
@@ -92,6 +103,8 @@ def main() -> None:
             str(args.batch_size),
             "--row",
             str(row),
+            "--rows",
+            str(args.rows),
         ]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if res.returncode != 0:
@@ -99,10 +112,10 @@ def main() -> None:
         key = mode if mode == "batched" else f"single_row{row}"
         out[key] = json.loads(res.stdout.strip().splitlines()[-1])
         print(key, json.dumps(out[key]), flush=True)
-    unbatched = 4 * sum(out[f"single_row{r}"]["seconds"] for r in range(5))
+    unbatched = 4 * sum(out[f"single_row{r}"]["seconds"] for r in range(args.rows))
     ratio = out["batched"]["seconds"] / unbatched
     print(
-        f"\nFig. 3 sweep, {args.size} px, {args.steps} steps: batched "
+        f"\nFig. 3 sweep ({4 * args.rows} variants), {args.size} px, {args.steps} steps: batched "
         f"{out['batched']['seconds']:.1f} s; one at a time 4 x sum of rows = "
         f"{unbatched:.1f} s; ratio {ratio:.3f}; optimization programs compiled "
         f"{out['batched']['step_programs']} for {out['batched']['groups']} groups "

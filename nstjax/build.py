@@ -68,7 +68,8 @@ class Job:
     def panel(self, output_HxWx3: np.ndarray, cache: dict | None = None) -> dict | None:
         """The distance panel of an output (``nstjax.panel``), or None when switched off.
         ``cache`` shares the panel (its targets and compiled programs) between jobs."""
-        if self.settings.panel != "on" or not self.images:
+        distances = self.settings.panel_distances()
+        if distances is None or not self.images:
             return None
         from nstjax import panel as panel_lib  # noqa: PLC0415
 
@@ -76,19 +77,22 @@ class Job:
             self.panel_child.wait()
             self.panel_child = None
         content, styles, blend = self.images
-        key = (id(content), tuple(id(s) for s in styles), tuple(blend), self.program.objective)
+        key = (id(content), tuple(id(s) for s in styles), tuple(blend), self.program.objective,
+               distances)  # fmt: skip
         cache = {} if cache is None else cache
         if key not in cache:
             cache[key] = panel_lib.Panel.for_objective(
-                self.program.objective, self.vgg_params, content, styles, blend=blend
-            )
+                self.program.objective, self.vgg_params, content, styles, blend=blend,
+                style_kinds=distances[0], content_kinds=distances[1],
+            )  # fmt: skip
         raw, normalized = cache[key](np.asarray(output_HxWx3, np.float32))
         return {"raw": raw, "normalized": normalized}
 
     def prewarm_panel(self) -> None:
         """Starts compiling :meth:`panel`'s programs in a child process
         (:mod:`nstjax.child`; a cold run, beside the step's child); :meth:`panel` waits."""
-        if self.settings.panel != "on" or not self.images or self.panel_child is not None:
+        distances = self.settings.panel_distances()
+        if distances is None or not self.images or self.panel_child is not None:
             return
         from nstjax import child  # noqa: PLC0415
         from nstjax import panel as panel_lib  # noqa: PLC0415
@@ -96,8 +100,9 @@ class Job:
         content, styles, blend = self.images
         params = jax.tree.map(np.asarray, self.vgg_params)
         self.panel_child = child.Child(
-            panel_lib.prebuild, self.program.objective, params, content, list(styles), blend
-        )
+            panel_lib.prebuild, self.program.objective, params, content, list(styles), blend,
+            *distances,
+        )  # fmt: skip
 
     def finish(self, image_HxWxC: np.ndarray) -> np.ndarray:
         """The optimized image as RGB pixels (luminance-only: recombined with the

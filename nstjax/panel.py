@@ -45,13 +45,13 @@ import numpy as np
 
 from nstjax import aot, image, panel_refs, vgg
 from nstjax.errors import UsageError
-from nstjax.settings import blend_weights
+from nstjax.settings import PANEL_CONTENT_KINDS, blend_weights
 from nstjax.terms import registry
 from nstjax.weights.preprocessing import CAFFE, Preprocessing
 
 GATYS_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYERS = ("relu4_2",)
-CONTENT_KINDS = ("mse", "selfsim")
+CONTENT_KINDS = PANEL_CONTENT_KINDS
 MAX_SIDE = 512
 
 
@@ -373,11 +373,13 @@ class Panel:
         return raw, self.normalize(raw)
 
 
-def prebuild(obj, vgg_params, content, styles, blend) -> None:
+def prebuild(obj, vgg_params, content, styles, blend, style_kinds=None,
+             content_kinds=CONTENT_KINDS) -> None:  # fmt: skip
     """Compiles a ``Panel.for_objective(...)``'s programs into the store, and keeps its
     references (:mod:`nstjax.panel_refs`): a compile child's work (:mod:`nstjax.child`;
     ``Job.prewarm_panel``)."""
-    panel = Panel.for_objective(obj, vgg_params, content, styles, blend=blend)
+    panel = Panel.for_objective(obj, vgg_params, content, styles, blend=blend,
+                                style_kinds=style_kinds, content_kinds=content_kinds)  # fmt: skip
     spec = panel.spec
     feats = _forward(spec, panel.params, np.zeros((1, *panel.hw, 3), np.float32), spec.layers)
     # scored above unless the references were kept

@@ -23,6 +23,7 @@ INITS = ("content", "noise", "style", "arbitrary")  # or a path to an image file
 METHODS = ("gatys", "arbitrary")
 LOOPS = ("auto", "device", "host")
 BOTH, GATYS, ARBITRARY = METHODS, ("gatys",), ("arbitrary",)
+PANEL_CONTENT_KINDS = ("mse", "selfsim")  # the panel's content distances with panel="on"
 
 
 def _field(default, help: str, type: str, methods=GATYS, choices=None, flag=None):  # noqa: A002
@@ -163,10 +164,10 @@ class Settings:
     weights_format: str | None = _field(None, "format of a weights file", "opt_str")
     panel: str = _field(
         os.environ.get("NSTJAX_PANEL", "on"),
-        "score the output under every registered distance (metrics 'panel'; the sweep's "
-        "panel.png): on or off (default from NSTJAX_PANEL, else on)",
+        "score the output under registered distances (metrics 'panel'; the sweep's "
+        "panel.png): on (every style kind, mse and selfsim), off, or distances joined "
+        "by + (e.g. gram+w2+mse); default from NSTJAX_PANEL, else on",
         "str",
-        choices=("on", "off"),
     )
     style_strength: float = _field(1.0, "arbitrary: 0 (content's own style) .. 1", "float",
                                    ARBITRARY)  # fmt: skip
@@ -232,10 +233,37 @@ class Settings:
         if not (math.isfinite(self.style_strength) and 0 <= self.style_strength <= 1):
             raise UsageError(f"--style-strength must be in [0, 1], got {self.style_strength}")
         self.term_configs()  # validates every term string
+        self.panel_distances()
 
     @property
     def resolved_lr(self) -> float:
         return DEFAULT_LR[self.optimizer] if self.lr is None else float(self.lr)
+
+    def panel_distances(self) -> tuple[tuple[str, ...] | None, tuple[str, ...]] | None:
+        """The distance panel's ``(style_kinds, content_kinds)`` (``nstjax.panel.Panel``'s
+        arguments; ``style_kinds=None``: every registered style kind), or None for
+        ``panel="off"``. A list keeps its order; each entry is a kind or a term string
+        without layers or weights (``mmd_rbf:bandwidth=2``)."""
+        if self.panel == "off":
+            return None
+        if self.panel == "on":
+            return None, PANEL_CONTENT_KINDS
+        by_role: dict[str, list[str]] = {"style": [], "content": []}
+        for text in (t.strip() for t in self.panel.split("+")):
+            try:
+                c = terms.parse(text) if text else None
+            except UsageError as e:
+                raise UsageError(f"panel: {e}") from None
+            role = terms.get(c.kind).role if c else None
+            if role not in by_role:
+                raise UsageError(
+                    f"panel: {text!r} is not a style or content distance; use on, off or "
+                    f"kinds joined by + from {list(terms.kinds('style') + terms.kinds('content'))}"
+                )
+            if c.layers is not None or c.layer_weights is not None or c.weight != 1.0:
+                raise UsageError(f"panel distance {text!r}: layers and weights are the panel's")
+            by_role[role].append(text)
+        return tuple(by_role["style"]), tuple(by_role["content"])
 
     def term_configs(self) -> list[terms.TermConfig]:
         """The objective's terms, parsed: content, then style, then image terms."""

@@ -66,11 +66,14 @@ def test_second_run_compiles_nothing(images, tmp_path, weights_cache, capsys, mo
 
 
 def test_cold_programs_compile_in_children(images, tmp_path, weights_cache):
-    here = _stylize(images, tmp_path, tmp_path / "a", weights_cache, "here", panel="on")
+    # a panel of a few distances (the whole one compiles for ~18 CPU-seconds), w2's LAPACK
+    # program among them
+    panel = "gram+w2+sliced_w2+mse"
+    here = _stylize(images, tmp_path, tmp_path / "a", weights_cache, "here", panel=panel)
     # JAX's cache holds every program now, the store of whole executables nothing (as
     # after an upgrade of nstjax): the children compile for real and keep them whole
     shutil.rmtree(tmp_path / "a" / aot.SUBDIR)
-    kids = _stylize(images, tmp_path, tmp_path / "a", weights_cache, "kids", "1", "on")
+    kids = _stylize(images, tmp_path, tmp_path / "a", weights_cache, "kids", "1", panel)
     assert here["compiles"]["children"] == 0 and kids["compiles"]["children"] == 2
     assert kids["compiles"]["children_failed"] == 0
     # the step and the panel's programs were read back whole, not compiled here
@@ -78,13 +81,15 @@ def test_cold_programs_compile_in_children(images, tmp_path, weights_cache):
     assert kids["compiles"]["compiled"] == 0
     assert kids["loss"] == here["loss"] and kids["final"] == here["final"]
     assert kids["panel"] == here["panel"]
+    assert sorted(here["panel"]["raw"]) == ["content/mse", "style/gram", "style/sliced_w2",
+                                            "style/w2"]  # fmt: skip
     # w2's LAPACK program is kept whole too: nothing is marked unstorable
     assert not list((tmp_path / "a" / aot.SUBDIR).glob(f"*{aot.UNSTORABLE}"))
-    warm = _stylize(images, tmp_path, tmp_path / "a", weights_cache, "warm", "1", "on")
+    warm = _stylize(images, tmp_path, tmp_path / "a", weights_cache, "warm", "1", panel)
     assert warm["compiles"]["children"] == 0 and warm["compiles"]["compiled"] == 0
     assert warm["compiles"]["whole_executables"] == kids["compiles"]["whole_executables"]
     assert warm["loss"] == here["loss"]
-    fresh = _stylize(images, tmp_path, tmp_path / "b", weights_cache, "fresh", "1", "on")
+    fresh = _stylize(images, tmp_path, tmp_path / "b", weights_cache, "fresh", "1", panel)
     assert fresh["compiles"]["children"] == 2 and fresh["loss"] == here["loss"]
 
 
