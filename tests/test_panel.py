@@ -151,23 +151,24 @@ def test_references_are_kept_on_disk(real_weights, pics, tmp_path, monkeypatch):
     calls = []
     scores = panel._scores
     monkeypatch.setattr(panel, "_scores", lambda *a: calls.append(a[0]) or scores(*a))
-    first = panel.Panel(real_weights.params, content, [style])
+    kinds = ("gram", "w2")  # a small panel (compiled here twice), w2's LAPACK program in it
+    first = panel.Panel(real_weights.params, content, [style], style_kinds=kinds)
     assert calls == [first.spec] * 2  # the photo's, then the painting's
     files = list((tmp_path / panel_refs.SUBDIR).glob("*.json"))
     assert len(files) == 1
     calls.clear()
-    second = panel.Panel(real_weights.params, content, [style])
+    second = panel.Panel(real_weights.params, content, [style], style_kinds=kinds)
     assert calls == []
     assert second.photo == first.photo and second.painting == first.painting
     assert second(content) == first(content) and calls == [first.spec] * 2
     # another style image, another key
-    panel.Panel(real_weights.params, content, [style[::-1]])
+    panel.Panel(real_weights.params, content, [style[::-1]], style_kinds=kinds)
     assert len(list((tmp_path / panel_refs.SUBDIR).glob("*.json"))) == 2
     # a damaged or hostile file is ignored (scored again, rewritten)
     for text in ("{not json", '{"photo": {"style/gram": "1e9"}, "painting": [1]}'):
         files[0].write_text(text)
         calls.clear()
-        third = panel.Panel(real_weights.params, content, [style])
+        third = panel.Panel(real_weights.params, content, [style], style_kinds=kinds)
         assert calls == [first.spec] * 2 and third.photo == first.photo
     assert panel_refs.load(panel_refs.key(first.spec, first.params, content, [style],
                                           first.blend, 0))["photo"] == first.photo  # fmt: skip
@@ -177,10 +178,10 @@ def test_references_are_kept_on_disk(real_weights, pics, tmp_path, monkeypatch):
     defaults = types.SimpleNamespace(pooling="avg", preprocessing=first.spec.preprocessing,
                                      ceil_mode=None)  # the Panel's own  # fmt: skip
     monkeypatch.setattr(panel, "_scores", scores)  # prebuild precompiles with it
-    panel.prebuild(defaults, params, content, [style], None)
+    panel.prebuild(defaults, params, content, [style], None, kinds)
     monkeypatch.setattr(panel, "_scores", lambda *a: calls.append(a[0]) or scores(*a))
     calls.clear()
-    panel.Panel(real_weights.params, content, [style])
+    panel.Panel(real_weights.params, content, [style], style_kinds=kinds)
     assert calls == []
     monkeypatch.setenv("NSTJAX_AOT", "0")
     assert (
