@@ -66,7 +66,7 @@ def test_second_run_compiles_nothing(images, tmp_path, weights_cache, capsys, mo
 
 
 def test_cold_programs_compile_in_children(images, tmp_path, weights_cache):
-    # a panel of a few distances (the whole one compiles for ~18 CPU-seconds), w2's LAPACK
+    # a panel of a few distances (the whole one compiles for ~12 CPU-seconds), w2's LAPACK
     # program among them
     panel = "gram+w2+sliced_w2+mse"
     here = _stylize(images, tmp_path, tmp_path / "a", weights_cache, "here", panel=panel)
