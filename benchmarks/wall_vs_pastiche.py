@@ -375,6 +375,7 @@ def main(argv=None) -> dict:
         f"(nstjax on {info['nstjax']['backend']}"
         + (f", torch {info['pastiche']['torch']}" if "pastiche" in info else "")
         + ")"
+        + (f"; nstjax with {' '.join(args.nstjax_arg)}" if args.nstjax_arg else "")
     )
     print(table(summary, ratios))
     if args.out:
