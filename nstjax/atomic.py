@@ -79,7 +79,24 @@ def write_with(path: str | os.PathLike, writer: Callable[[IO[bytes]], Any]) -> P
     The file is fsynced before the rename and its directory after it. A new file
     gets mode ``0o666`` less the umask; an existing one keeps its mode. On any
     failure before the rename the temporary file is removed and ``path`` is untouched.
+    A temporary file that another process removed before the rename (a second sweep
+    runner clearing what it took for a killed run's leftovers) is written again.
     """
+    for attempt in range(3):
+        try:
+            return _write_once(path, writer)
+        except _TemporaryVanished:
+            if attempt == 2:
+                raise NstError(f"cannot write {str(path)!r}: its temporary file "
+                               "was removed by another process") from None  # fmt: skip
+    raise AssertionError("unreachable")
+
+
+class _TemporaryVanished(Exception):
+    pass
+
+
+def _write_once(path: str | os.PathLike, writer: Callable[[IO[bytes]], Any]) -> Path:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     try:
@@ -97,7 +114,14 @@ def write_with(path: str | os.PathLike, writer: Callable[[IO[bytes]], Any]) -> P
                 else:
                     os.chmod(tmp, mode)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            if Path(tmp).exists() or not parent.is_dir():
+                raise
+            raise _TemporaryVanished from None
+    except _TemporaryVanished:
+        raise
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

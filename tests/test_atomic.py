@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -125,3 +126,21 @@ def test_directory_sync_failure_is_reported(tmp_path, monkeypatch):
 def test_unwritable_directory(tmp_path):
     with pytest.raises(NstError, match="cannot write"):
         atomic.write_bytes(tmp_path / "missing" / "f.bin", b"1")
+
+
+def test_a_temporary_removed_by_another_process_is_written_again(tmp_path, monkeypatch):
+    # a second sweep runner may clear ".*.tmp" files it takes for a killed run's
+    from nstjax import atomic as atomic_mod
+
+    real_replace, calls = os.replace, []
+
+    def racing_replace(src, dst):
+        calls.append(src)
+        if len(calls) == 1:
+            os.unlink(src)  # the other process got there first
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic_mod.os, "replace", racing_replace)
+    atomic_mod.write_json(tmp_path / "sweep.json", {"a": 1})
+    assert json.loads((tmp_path / "sweep.json").read_text()) == {"a": 1} and len(calls) == 2
+    assert not list(tmp_path.glob(".*.tmp"))
