@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nstjax import aot, image, panel_refs, vgg
+from nstjax import aot, image, panel_refs, vgg, xla_flags
 from nstjax.errors import UsageError
 from nstjax.settings import PANEL_CONTENT_KINDS, blend_weights
 from nstjax.terms import registry
@@ -134,13 +134,17 @@ def _forward(spec: Spec, params, pixels_1xHxWx3, layers: tuple[str, ...]):
     return vgg.features(params, x, layers, spec.pooling, conv_impl="xla", ceil_mode=spec.ceil_mode)
 
 
-ONE_OFF_OPTIONS = {"xla_backend_optimization_level": 1}
+ONE_OFF_OPTIONS = {"xla_backend_optimization_level": 0, **xla_flags.one_off_compiler_options()}
 """The panel's targets and distances run a few times per image shape, and the program
-that scores every registered distance is the largest one a run compiles (17-21 s at
-256 px on the 2-core CPU, against 17.5 s for the Winograd step). LLVM at level 1 instead
-of 2 built the panel in 25 s instead of 30 s (256 px, cache off) with calls as fast
-(0.88-0.92 s against 0.98-1.10 s); level 0 built it in 20 s but each call took 1.4-1.7 s,
-which a warm run pays three times."""
+that scores every distance is the largest one a run compiles. At 256x192 on the 2-core
+AVX-512 CPU (``python benchmarks/compile_options.py``, a fresh process per option set)
+LLVM at level 0 compiles it in 1.7-2.5 s, 2.2-3.0 CPU-seconds, against 3.6-5.0 s,
+5.9-8.2 CPU-seconds at level 1 (this module's setting until 2026-12-04), and its calls
+take 0.71-0.81 s instead of 0.38-0.41 s. A cold run scores three images with it (two in
+the compile child, one at the end), a warm run one, so level 0 is the better trade:
+whole 256 px commands (two alternated pairs of processes) took 29.9 / 30.5 s cold against
+33.1 / 32.5 s at level 1, and 18.8 / 19.0 s warm against 17.9 / 18.8 s. With
+:data:`nstjax.xla_flags.ONE_OFF_FLAGS`."""
 
 
 @functools.partial(aot.Jit, static_argnums=(0, 1, 3), compiler_options=ONE_OFF_OPTIONS)

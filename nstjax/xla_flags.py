@@ -67,6 +67,24 @@ def cpu_features() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
+ONE_OFF_FLAGS = {"xla_cpu_use_fusion_emitters": False}
+"""XLA:CPU's elemental emitters instead of its MLIR fusion emitters, for programs that run
+once or a few times per run (the distance panel's). Compiled alone, the panel's score
+program takes as long either way (``benchmarks/compile_options.py``), but whole cold 256
+px commands (the panel at LLVM level 0, two alternated pairs of processes) took 31.0 /
+33.2 s and 55.9 / 60.1 CPU-seconds with them against 36.2 / 35.4 s and 64.9 / 62.9, and
+their largest process (the panel's compile child) peaked at 1,185-1,191 MiB against
+1,520-1,558 MiB; warm runs did not change. Not for the step (no faster to compile, as
+fast to run) nor the fast network (its 384 px stylization measured 10-15% slower without
+the fusion emitters)."""
+
+
+def one_off_compiler_options(environ=os.environ) -> dict:
+    """Compiler options for programs that run once or a few times per run (``{}`` with
+    ``NSTJAX_XLA_DEFAULTS=0`` or an older jaxlib). Only CPU reads the option."""
+    return dict(ONE_OFF_FLAGS) if _enabled(environ) else {}
+
+
 def step_compiler_options(
     backend: str, environ=os.environ, cpu: str | None = None
 ) -> dict[str, str]:

@@ -61,6 +61,24 @@ def test_one_forward_per_image_and_one_compile_per_shape(the_panel, pics, monkey
         the_panel(content[:-2])
 
 
+def test_the_panels_compiler_options_keep_its_distances(the_panel, pics):
+    """The score program is compiled for a short compile (LLVM level 0, elemental
+    emitters: panel.ONE_OFF_OPTIONS); its distances are those of XLA's defaults."""
+    import jax
+
+    content, _ = pics
+    noisy = np.clip(content + np.random.default_rng(1).normal(0, 30, content.shape), 0, 255)
+    feats = panel._forward(the_panel.spec, the_panel.params, noisy[None], the_panel.spec.layers)
+    args = (feats, the_panel.style_targets, the_panel.content_targets, the_panel.blend,
+            the_panel.key)  # fmt: skip
+    assert panel.ONE_OFF_OPTIONS["xla_backend_optimization_level"] == 0
+    ours = the_panel.distances(noisy)
+    defaults = jax.jit(panel._scores.fun, static_argnums=(0,))(the_panel.spec, *args)
+    assert set(ours) == set(defaults)
+    for k, v in defaults.items():
+        assert ours[k] == pytest.approx(float(v), rel=1e-4, abs=1e-6), k
+
+
 @pytest.mark.parametrize("term", ["gram", "sliced_w2"])
 def test_a_stylized_image_is_closer_in_its_term(term, the_panel, pics, real_weights):
     content, style = pics

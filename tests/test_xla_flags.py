@@ -7,6 +7,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from nstjax import optim, xla_flags
 
@@ -36,6 +37,18 @@ def test_step_options_switch_ynn_off_on_cpus_without_avx512_only():
     assert opts("cpu", {"XLA_FLAGS": f"--{YNN}=dot,eltwise"}, avx2) == {}
     assert xla_flags.step_compiler_options("cpu") == opts("cpu", os.environ,
                                                           xla_flags.cpu_features())  # fmt: skip
+
+
+def test_one_off_options_are_the_elemental_emitters_and_this_jaxlib_knows_them():
+    assert xla_flags.one_off_compiler_options({}) == {"xla_cpu_use_fusion_emitters": False}
+    assert xla_flags.one_off_compiler_options({"NSTJAX_XLA_DEFAULTS": "0"}) == {}
+    x = jnp.arange(6.0)
+    f = jax.jit(lambda a: jnp.sin(a) * 2 + 1)
+    options = {**xla_flags.one_off_compiler_options({}), "xla_backend_optimization_level": 0}
+    np.testing.assert_allclose(f.lower(x).compile(options)(x), np.sin(np.arange(6.0)) * 2 + 1,
+                               rtol=1e-6)  # fmt: skip
+    with pytest.raises(Exception, match="No such compile option"):  # unknown ones fail loudly
+        f.lower(x).compile({"xla_cpu_no_such_option": False})
 
 
 def test_options_reach_the_compiled_program():
