@@ -69,14 +69,15 @@ def cpu_features() -> str:
 
 ONE_OFF_FLAGS = {"xla_cpu_use_fusion_emitters": False}
 """XLA:CPU's elemental emitters instead of its MLIR fusion emitters, for programs that run
-once or a few times per run (the distance panel's). Compiled alone, the panel's score
-program takes as long either way (``benchmarks/compile_options.py``), but whole cold 256
-px commands (the panel at LLVM level 0, two alternated pairs of processes) took 31.0 /
-33.2 s and 55.9 / 60.1 CPU-seconds with them against 36.2 / 35.4 s and 64.9 / 62.9, and
-their largest process (the panel's compile child) peaked at 1,185-1,191 MiB against
-1,520-1,558 MiB; warm runs did not change. Not for the step (no faster to compile, as
-fast to run) nor the fast network (its 384 px stylization measured 10-15% slower without
-the fusion emitters)."""
+once or a few times per run (the distance panel's, targets, kernel transforms, final
+losses). A process that compiles several programs with the fusion emitters compiles each
+later one slower and holds more memory: the whole panel's score program, compiled after
+its targets programs as in the panel's compile child (``benchmarks/compile_options.py``,
+LLVM level 1), took 10.0-10.1 CPU-seconds and peaked at 1,524-1,531 MiB at 256x192 with
+them against 7.1-9.1 and 970-974 MiB without; at 512x384 12.2 against 8.0 CPU-seconds,
+2,425 against 1,820 MiB, and its calls 1.59 against 1.09 s. Not for the step (no faster
+to compile, as fast to run) nor the fast network (its 384 px stylization measured 10-15%
+slower without the fusion emitters)."""
 
 
 def one_off_compiler_options(environ=os.environ) -> dict:

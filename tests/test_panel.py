@@ -62,21 +62,29 @@ def test_one_forward_per_image_and_one_compile_per_shape(the_panel, pics, monkey
 
 
 def test_the_panels_compiler_options_keep_its_distances(the_panel, pics):
-    """The score program is compiled for a short compile (LLVM level 0, elemental
-    emitters: panel.ONE_OFF_OPTIONS); its distances are those of XLA's defaults."""
+    """Small panels compile for a short compile (LLVM level 0), larger ones for fast
+    calls (level 1); either way the distances are those of XLA's defaults."""
     import jax
 
     content, _ = pics
     noisy = np.clip(content + np.random.default_rng(1).normal(0, 30, content.shape), 0, 255)
     feats = panel._forward(the_panel.spec, the_panel.params, noisy[None], the_panel.spec.layers)
-    args = (feats, the_panel.style_targets, the_panel.content_targets, the_panel.blend,
-            the_panel.key)  # fmt: skip
-    assert panel.ONE_OFF_OPTIONS["xla_backend_optimization_level"] == 0
+    args = (the_panel.spec, feats, the_panel.style_targets, the_panel.content_targets,
+            the_panel.blend, the_panel.key)  # fmt: skip
+    assert panel._scores.pick(*args) is panel._scores.fast
+    assert panel._scores.fast.options["xla_backend_optimization_level"] == 0
+    assert panel._scores.full.options["xla_backend_optimization_level"] == 1
+    side = int(np.sqrt(panel.FAST_COMPILE_PIXELS))
+    big = {"relu1_1": jax.ShapeDtypeStruct((1, side, side + 1, 64), np.float32)}
+    assert panel._scores.pick(None, big) is panel._scores.full
+    assert panel._targets.pick(None, None, big) is panel._targets.full
     ours = the_panel.distances(noisy)
-    defaults = jax.jit(panel._scores.fun, static_argnums=(0,))(the_panel.spec, *args)
-    assert set(ours) == set(defaults)
+    defaults = jax.jit(panel._scores.fun, static_argnums=(0,))(*args)
+    full = panel._scores.full(*args)
+    assert set(ours) == set(defaults) == set(full)
     for k, v in defaults.items():
         assert ours[k] == pytest.approx(float(v), rel=1e-4, abs=1e-6), k
+        assert float(full[k]) == pytest.approx(float(v), rel=1e-4, abs=1e-6), k
 
 
 @pytest.mark.parametrize("term", ["gram", "sliced_w2"])
