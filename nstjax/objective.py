@@ -237,9 +237,12 @@ def targets(
     :func:`nstjax.guided.targets`' (None here)."""
     obj = one_off(obj)
     out_hw = tuple(np.shape(content_HxWx3)[:2])
+    # committed inputs: the program is kept whole (nstjax.aot), so a warm run does not
+    # trace it (host arrays: no copy on CPU)
+    vgg_params = jax.device_put(vgg_params)
     result: list = [None] * len(obj.terms)
     if obj.role_terms("content"):
-        x = np.asarray(content_HxWx3, np.float32)[None]
+        x = jax.device_put(np.asarray(content_HxWx3, np.float32)[None])
         idx = obj.role_terms("content")
         for i, t in _reference_targets_jit(obj, idx, vgg_params, x, out_hw).items():
             result[i] = t
@@ -270,7 +273,11 @@ def _style_targets(obj: Objective, vgg_params, out_hw, styles, blend) -> dict:
                                  max(1, round(s.shape[1] * scale))) for s in imgs]  # fmt: skip
         per_style = [
             _reference_targets_jit(
-                obj, tuple(idx), vgg_params, np.asarray(s, np.float32)[None], out_hw
+                obj,
+                tuple(idx),
+                vgg_params,
+                jax.device_put(np.asarray(s, np.float32)[None]),
+                out_hw,
             )  # fmt: skip
             for s in imgs
         ]
