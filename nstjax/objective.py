@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nstjax import aot, conv, vgg, xla_flags
+from nstjax import aot, conv, vgg
 from nstjax.errors import UsageError
 from nstjax.terms import registry
 from nstjax.terms.registry import Term
@@ -216,11 +216,7 @@ def _reference_targets(obj: Objective, idx: tuple, vgg_params, x_1xHxWx3, out_hw
 
 
 # Targets are computed once per run, compiled (op-by-op VGG would be slow).
-_reference_targets_jit = aot.Jit(
-    _reference_targets,
-    static_argnums=(0, 1, 4),
-    compiler_options=xla_flags.one_off_compiler_options(),
-)
+_reference_targets_jit = aot.Jit(_reference_targets, static_argnums=(0, 1, 4))
 
 
 def targets(
