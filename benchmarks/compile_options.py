@@ -88,7 +88,7 @@ def child(size: int, options: dict | None) -> dict:
         "call_s": statistics.median(calls),
         "distances": {k: float(v) for k, v in sorted(out.items())},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "panel_picks": "fast" if panel._scores.pick(spec, *args) is panel._scores.fast else "full",
+        "panel_picks": "fast" if panel._scores.pick(spec, *args) is panel._scores.small else "full",
     }
 
 

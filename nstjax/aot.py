@@ -367,3 +367,28 @@ class Jit:
         if not known(k):
             _compile_and_store(k, lambda: self.jitted.lower(*args).compile(self.options or None))
         return known(k)
+
+
+class BySize:
+    """``fun`` as two :class:`Jit` s with different compiler options, chosen per call by
+    the size of argument ``sized_arg``'s arrays (the largest ``H x W``, axes -3 and -2):
+    ``small`` up to ``max_pixels``, else ``large``; e.g. a short compile for small images
+    and fast calls for large ones (:mod:`nstjax.panel`)."""
+
+    def __init__(self, fun, static_argnums, sized_arg: int, max_pixels: int, small: dict,
+                 large: dict):  # fmt: skip
+        self.fun, self.sized_arg, self.max_pixels = fun, sized_arg, max_pixels
+        self.small = Jit(fun, static_argnums, compiler_options=small)
+        self.large = Jit(fun, static_argnums, compiler_options=large)
+        functools.update_wrapper(self, fun)
+
+    def pick(self, *args) -> Jit:
+        leaves = jax.tree.leaves(args[self.sized_arg])
+        pixels = max(x.shape[-3] * x.shape[-2] for x in leaves)
+        return self.small if pixels <= self.max_pixels else self.large
+
+    def __call__(self, *args):
+        return self.pick(*args)(*args)
+
+    def precompile(self, *args) -> bool:
+        return self.pick(*args).precompile(*args)

@@ -135,50 +135,23 @@ def _forward(spec: Spec, params, pixels_1xHxWx3, layers: tuple[str, ...]):
 
 
 ONE_OFF_OPTIONS = {"xla_backend_optimization_level": 1, **xla_flags.one_off_compiler_options()}
-"""The panel's targets and distances run a few times per image shape, and the program
-that scores every distance is the largest one a run compiles: LLVM at level 1 instead of
-XLA's 2 compiles it faster with calls as fast, and the elemental emitters
-(:data:`nstjax.xla_flags.ONE_OFF_FLAGS`) keep its compile child's memory down."""
+"""The panel's programs run a few times per image shape: LLVM at level 1 instead of XLA's
+2 compiles them faster, calls as fast; for the elemental emitters see
+:data:`nstjax.xla_flags.ONE_OFF_FLAGS`."""
 
 FAST_COMPILE_OPTIONS = {**ONE_OFF_OPTIONS, "xla_backend_optimization_level": 0}
 FAST_COMPILE_PIXELS = 256 * 256
 """Panels of at most this many pixels compile with :data:`FAST_COMPILE_OPTIONS` (LLVM
-level 0), larger ones with :data:`ONE_OFF_OPTIONS`. Level 0 cuts the compile, a fixed
-cost, but slows each call in proportion to the pixels (mostly ``hist``'s gathers and
-scatter and ``mrf``'s patch gathers, which LLVM then leaves unvectorized); a cold run
-calls the score program three times (two in the compile child, one at the end), a warm
-run once. Measured on the 2-core AVX-512 CPU (``python benchmarks/compile_options.py``,
-a fresh process per option set): at 256x192 the whole panel's score program compiled in
-2.6-3.3 CPU-seconds at level 0 against 7.1-9.1 at level 1, calls 0.79-0.80 against
-0.42-0.43 s, and whole 256 px commands (two alternated pairs of processes) took 29.9 /
-30.5 s cold against 33.1 / 32.5 s, 18.8 / 19.0 s warm against 17.9 / 18.8 s. At 512x384:
-4.1 against 8.0 CPU-seconds, but calls of 2.51 against 1.09 s, which cost a cold run
-about what the compile saves, and a warm run 1.4 s."""
+level 0), larger ones with :data:`ONE_OFF_OPTIONS`. Level 0 cuts the compile (at 256x192
+the score program's: 2.6-3.3 against 7.1-9.1 CPU-seconds) but slows each call in
+proportion to the pixels (0.79 against 0.42 s; at 512x384 2.51 against 1.09 s), and a
+cold run makes three calls, a warm run one (``benchmarks/compile_options.py``; the
+README's "The panel's compile" has the whole-command figures)."""
 
 
-class _BySize:
-    """One panel program compiled two ways, chosen by the size of its features (argument
-    ``feats_arg``): :data:`FAST_COMPILE_OPTIONS` up to :data:`FAST_COMPILE_PIXELS`, else
-    :data:`ONE_OFF_OPTIONS`; each an :class:`nstjax.aot.Jit` (stored whole)."""
-
-    def __init__(self, fun, static_argnums: tuple[int, ...], feats_arg: int):
-        self.fun, self.feats_arg = fun, feats_arg
-        self.fast = aot.Jit(fun, static_argnums, compiler_options=FAST_COMPILE_OPTIONS)
-        self.full = aot.Jit(fun, static_argnums, compiler_options=ONE_OFF_OPTIONS)
-        functools.update_wrapper(self, fun)
-
-    def pick(self, *args) -> aot.Jit:
-        pixels = max(x.shape[-3] * x.shape[-2] for x in jax.tree.leaves(args[self.feats_arg]))
-        return self.fast if pixels <= FAST_COMPILE_PIXELS else self.full
-
-    def __call__(self, *args):
-        return self.pick(*args)(*args)
-
-    def precompile(self, *args) -> bool:
-        return self.pick(*args).precompile(*args)
-
-
-@functools.partial(_BySize, static_argnums=(0, 1, 3), feats_arg=2)
+@functools.partial(aot.BySize, static_argnums=(0, 1, 3), sized_arg=2,
+                   max_pixels=FAST_COMPILE_PIXELS, small=FAST_COMPILE_OPTIONS,
+                   large=ONE_OFF_OPTIONS)  # fmt: skip
 def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
     """``{key: {layer: target}}`` of ``role``'s distances from one image's features."""
     kinds = spec.style if role == "style" else spec.content
@@ -197,7 +170,9 @@ def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
     return out
 
 
-@functools.partial(_BySize, static_argnums=(0,), feats_arg=1)
+@functools.partial(aot.BySize, static_argnums=(0,), sized_arg=1,
+                   max_pixels=FAST_COMPILE_PIXELS, small=FAST_COMPILE_OPTIONS,
+                   large=ONE_OFF_OPTIONS)  # fmt: skip
 def _scores(spec: Spec, feats, style_targets, content_targets, blend, key):
     """Every distance of one image (its features): ``{key: scalar}``; each the mean over
     the role's layers. A per-style-image target list blends the losses. Keys fold in

@@ -71,16 +71,16 @@ def test_the_panels_compiler_options_keep_its_distances(the_panel, pics):
     feats = panel._forward(the_panel.spec, the_panel.params, noisy[None], the_panel.spec.layers)
     args = (the_panel.spec, feats, the_panel.style_targets, the_panel.content_targets,
             the_panel.blend, the_panel.key)  # fmt: skip
-    assert panel._scores.pick(*args) is panel._scores.fast
-    assert panel._scores.fast.options["xla_backend_optimization_level"] == 0
-    assert panel._scores.full.options["xla_backend_optimization_level"] == 1
+    assert panel._scores.pick(*args) is panel._scores.small
+    assert panel._scores.small.options["xla_backend_optimization_level"] == 0
+    assert panel._scores.large.options["xla_backend_optimization_level"] == 1
     side = int(np.sqrt(panel.FAST_COMPILE_PIXELS))
     big = {"relu1_1": jax.ShapeDtypeStruct((1, side, side + 1, 64), np.float32)}
-    assert panel._scores.pick(None, big) is panel._scores.full
-    assert panel._targets.pick(None, None, big) is panel._targets.full
+    assert panel._scores.pick(None, big) is panel._scores.large
+    assert panel._targets.pick(None, None, big) is panel._targets.large
     ours = the_panel.distances(noisy)
     defaults = jax.jit(panel._scores.fun, static_argnums=(0,))(*args)
-    full = panel._scores.full(*args)
+    full = panel._scores.large(*args)
     assert set(ours) == set(defaults) == set(full)
     for k, v in defaults.items():
         assert ours[k] == pytest.approx(float(v), rel=1e-4, abs=1e-6), k
