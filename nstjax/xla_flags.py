@@ -69,16 +69,17 @@ def cpu_features() -> str:
 
 ONE_OFF_FLAGS = {"xla_cpu_use_fusion_emitters": False}
 """XLA:CPU's elemental emitters instead of its MLIR fusion emitters, for programs that run
-once or a few times per run (the distance panel's, the VGG kernel transforms, the final
-losses). A process that compiles several programs with the fusion emitters compiles each
-later one slower and holds more memory: the whole panel's score program, compiled after
+once or a few times per run: the distance panel's and the VGG kernel transforms. A
+process that compiles several programs with the fusion emitters compiles each later one
+slower and holds more memory: the whole panel's score program, compiled after
 its targets programs as in the panel's compile child (``benchmarks/compile_options.py``,
 LLVM level 1), took 10.0-10.1 CPU-seconds and peaked at 1,524-1,531 MiB at 256x192 with
 them against 7.1-9.1 and 970-974 MiB without; at 512x384 12.2 against 8.0 CPU-seconds,
 2,425 against 1,820 MiB, and its calls 1.59 against 1.09 s. Not for the step (no faster
 to compile, as fast to run) nor the fast network (its 384 px stylization measured 10-15%
-slower without the fusion emitters), nor the objective's targets (their rounding moved
-enough that a 32 px sweep's and a single run's L-BFGS paths parted by 1.8% at step 2)."""
+slower without the fusion emitters), nor the objective's targets and final losses
+(their rounding moved enough that a 32 px sweep's and a single run's L-BFGS paths parted
+by 1.8% at step 2, and a content image's content loss was 1e-5 instead of 0)."""
 
 
 def one_off_compiler_options(environ=os.environ) -> dict:
