@@ -11,10 +11,11 @@ glibc's malloc defaults, as in nstjax's compile children, or with ``--one-arena`
 nstjax's own, as in a compile in the run's process), alternated over ``--rounds``; each
 reports the compile's wall and CPU seconds, the median of three calls, how far its
 distances are from the first set's (largest relative difference) and the process's peak
-RSS. Default sets: ``before`` (LLVM level 1
-with XLA:CPU's MLIR fusion emitters: the panel's options until 2026-12-04), ``level0``
-(level 0) and ``panel`` (``panel.ONE_OFF_OPTIONS``: level 0 with the elemental emitters,
-``nstjax.xla_flags.ONE_OFF_FLAGS``).
+RSS. Default sets: ``before`` (LLVM level 1 with XLA:CPU's MLIR fusion emitters: the
+panel's options until 2026-12-04), ``fast`` (``panel.FAST_COMPILE_OPTIONS``: level 0 with
+the elemental emitters, ``nstjax.xla_flags.ONE_OFF_FLAGS``, for panels of at most
+``panel.FAST_COMPILE_PIXELS``) and ``full`` (``panel.ONE_OFF_OPTIONS``: level 1 with the
+elemental emitters, for larger ones).
 """
 
 from __future__ import annotations
