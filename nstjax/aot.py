@@ -56,6 +56,9 @@ SUBDIR = "nstjax-aot"
 HIT_EVENT = "/nstjax/aot/cache_hits"
 MISS_EVENT = "/nstjax/aot/stored"
 UNSTORABLE = ".unstorable"
+DONE = ".done"
+"""A mark that a key's work was done by a compile child (:func:`mark_done`), for work
+that is several programs and is keyed by its inputs (:func:`nstjax.panel.prebuild_key`)."""
 LAPACK_PREFIX = "lapack_"
 """Custom-call targets of jaxlib's LAPACK kernels on CPU (``lapack_ssyevd_ffi``, ...)."""
 
@@ -247,14 +250,27 @@ def _compile_and_store(k: str | None, compile_fn) -> jax.stages.Compiled:
 
 
 def known(k: str | None) -> bool:
-    """Whether key ``k`` has a stored executable (not checked until loaded) or is marked
-    as one that cannot be stored."""
+    """Whether key ``k`` has a stored executable (not checked until loaded), is marked
+    as one that cannot be stored, or is marked done (:func:`mark_done`)."""
     d = directory()
     return (
         k is not None
         and d is not None
-        and ((d / f"{k}.bin").is_file() or (d / f"{k}{UNSTORABLE}").is_file())
+        and any((d / f"{k}{suffix}").is_file() for suffix in (".bin", UNSTORABLE, DONE))
     )
+
+
+def mark_done(k: str | None) -> None:
+    """Marks key ``k``'s work done (:func:`known` is then True); nothing when the store
+    is off or the mark cannot be written."""
+    d = directory()
+    if k is None or d is None:
+        return
+    try:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic.write_bytes(d / f"{k}{DONE}", b"done\n")
+    except OSError:
+        pass
 
 
 def _sharding_desc(s) -> tuple | None:

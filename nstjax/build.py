@@ -85,24 +85,19 @@ class Job:
                 self.program.objective, self.vgg_params, content, styles, blend=blend,
                 style_kinds=distances[0], content_kinds=distances[1],
             )  # fmt: skip
+            from nstjax import aot  # noqa: PLC0415  (its programs are stored now)
+
+            aot.mark_done(panel_lib.prebuild_key(self.program.objective, content, styles,
+                                                 *distances))  # fmt: skip
         raw, normalized = cache[key](np.asarray(output_HxWx3, np.float32))
         return {"raw": raw, "normalized": normalized}
 
     def prewarm_panel(self) -> None:
         """Starts compiling :meth:`panel`'s programs in a child process
-        (:mod:`nstjax.child`; a cold run, beside the step's child); :meth:`panel` waits."""
-        distances = self.settings.panel_distances()
-        if distances is None or not self.images or self.panel_child is not None:
-            return
-        from nstjax import child  # noqa: PLC0415
-        from nstjax import panel as panel_lib  # noqa: PLC0415
-
-        content, styles, blend = self.images
-        params = jax.tree.map(np.asarray, self.vgg_params)
-        self.panel_child = child.Child(
-            panel_lib.prebuild, self.program.objective, params, content, list(styles), blend,
-            *distances,
-        )  # fmt: skip
+        (:mod:`nstjax.child`) unless they are stored; :meth:`panel` waits for it."""
+        if self.panel_child is None:
+            self.panel_child = start_panel_child(self.settings, self.program.objective,
+                                                 self.vgg_params, self.images)  # fmt: skip
 
     def finish(self, image_HxWxC: np.ndarray) -> np.ndarray:
         """The optimized image as RGB pixels (luminance-only: recombined with the
@@ -118,6 +113,25 @@ class Job:
         shapes = tuple((np.shape(x), np.dtype(getattr(x, "dtype", None) or type(x)).name)
                        for x in leaves)  # fmt: skip
         return (self.program, self.weights_info.get("sha256"), str(tree), shapes)
+
+
+def start_panel_child(settings: Settings, obj, vgg_params, images: tuple):
+    """A compile child (:mod:`nstjax.child`) building the distance panel of ``images``
+    (content, styles, blend: as loaded) into the store, or None: panel off, children
+    off, or its programs stored already (:func:`nstjax.panel.prebuild_key`)."""
+    distances = settings.panel_distances()
+    if distances is None or not images:
+        return None
+    from nstjax import aot, child  # noqa: PLC0415
+    from nstjax import panel as panel_lib  # noqa: PLC0415
+
+    content, styles, blend = images
+    k = panel_lib.prebuild_key(obj, content, styles, *distances)
+    if k is None or aot.known(k) or not child.enabled():
+        return None
+    params = jax.tree.map(np.asarray, vgg_params)
+    return child.Child(panel_lib.prebuild, obj, params, content, list(styles), blend,
+                       *distances)  # fmt: skip
 
 
 class ImageCache:
@@ -306,13 +320,16 @@ def build_job(
     masks: Sequence | None = None,
     style_masks: Sequence | None = None,
     init_image: np.ndarray | None = None,
+    prewarm_panel: bool = False,
 ) -> Job:
     """Loads images, computes targets (once per distinct images and objective), the
     initial image and the loss weights. ``caches`` (a dict) shares work across jobs.
     ``masks`` / ``style_masks`` (HxW arrays) replace ``settings.masks`` /
     ``settings.style_masks`` (file names) for spatial control from Python.
     ``init_image`` (the optimized image of a coarser pyramid level, any size, 1 or 3
-    channels) replaces ``settings.init``, resized to this level's size."""
+    channels) replaces ``settings.init``, resized to this level's size.
+    ``prewarm_panel``: a cold distance panel starts compiling in a child process at once
+    (:func:`start_panel_child`; single runs)."""
     check_init(settings)
     images = images or ImageCache()
     caches = {} if caches is None else caches
@@ -346,6 +363,8 @@ def build_job(
     tkey = (objective.one_off(obj), names, tuple(blend), settings.size, settings.style_scale,
             settings.masks, settings.style_masks, settings.preserve_color,
             settings.color_transfer, weights_id)  # fmt: skip
+    # a single run starts compiling its panel now, beside its own targets and kernels
+    panel_child = start_panel_child(settings, obj, weights.params, loaded) if prewarm_panel else None
     targets = caches.get(("targets", tkey)) if cacheable else None
     if targets is None:
         targets = objective.targets(obj, weights.params, content_img, style_imgs, blend)
@@ -388,7 +407,9 @@ def build_job(
         "ema": np.float32(settings.ema),
     }
     key = np.asarray(jax.random.PRNGKey(settings.seed), np.uint32)
-    return Job(
+    job = Job(
         program, init[None], run, key, settings, weights.info, weights.params, tag, content_rgb,
         estimate, loaded,
     )  # fmt: skip
+    job.panel_child = panel_child
+    return job

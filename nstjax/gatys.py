@@ -34,7 +34,7 @@ def prepare(
     """Loads images and weights and computes the targets (once): a job of one."""
     if weights is None:
         weights = weights_api.load(settings.weights, settings.weights_format)
-    return build.build_job(settings, content, list(styles), weights)
+    return build.build_job(settings, content, list(styles), weights, prewarm_panel=True)
 
 
 def optimize(

@@ -383,11 +383,24 @@ class Panel:
         return raw, self.normalize(raw)
 
 
+def prebuild_key(obj, content, styles, style_kinds=None,
+                 content_kinds=CONTENT_KINDS) -> str | None:  # fmt: skip
+    """The store's key of :func:`prebuild`'s work for these arguments, from the images'
+    shapes and the panel's spec alone (nothing traced): a run asks :func:`aot.known`
+    before it starts a compile child for a panel. None where the store cannot key it
+    (e.g. a loss kind registered from user code)."""
+    spec = make_spec(style_kinds, content_kinds, pooling=obj.pooling,
+                     preprocessing=obj.preprocessing, ceil_mode=obj.ceil_mode)  # fmt: skip
+    shapes = [jax.ShapeDtypeStruct(np.shape(x), np.float32) for x in (content, *styles)]
+    return aot.key("panel.prebuild", (spec, MAX_SIDE, FAST_COMPILE_PIXELS), shapes,
+                   ONE_OFF_OPTIONS)  # fmt: skip
+
+
 def prebuild(obj, vgg_params, content, styles, blend, style_kinds=None,
              content_kinds=CONTENT_KINDS) -> None:  # fmt: skip
-    """Compiles a ``Panel.for_objective(...)``'s programs into the store, and keeps its
-    references (:mod:`nstjax.panel_refs`): a compile child's work (:mod:`nstjax.child`;
-    ``Job.prewarm_panel``)."""
+    """Compiles a ``Panel.for_objective(...)``'s programs into the store, keeps its
+    references (:mod:`nstjax.panel_refs`) and marks :func:`prebuild_key` done: a compile
+    child's work (:mod:`nstjax.child`; ``Job.prewarm_panel``)."""
     panel = Panel.for_objective(obj, vgg_params, content, styles, blend=blend,
                                 style_kinds=style_kinds, content_kinds=content_kinds)  # fmt: skip
     spec = panel.spec
@@ -395,6 +408,7 @@ def prebuild(obj, vgg_params, content, styles, blend, style_kinds=None,
     # scored above unless the references were kept
     _scores.precompile(spec, feats, panel.style_targets, panel.content_targets, panel.blend,
                        panel.key)  # fmt: skip
+    aot.mark_done(prebuild_key(obj, content, styles, style_kinds, content_kinds))
 
 
 def distance_panel(

@@ -76,6 +76,8 @@ def test_cold_programs_compile_in_children(images, tmp_path, weights_cache):
     kids = _stylize(images, tmp_path, tmp_path / "a", weights_cache, "kids", "1", panel)
     assert here["compiles"]["children"] == 0 and kids["compiles"]["children"] == 2
     assert kids["compiles"]["children_failed"] == 0
+    # the panel's child marked its work done: a later run starts no child for it
+    assert len(list((tmp_path / "a" / aot.SUBDIR).glob(f"*{aot.DONE}"))) == 1
     # the step and the panel's programs were read back whole, not compiled here
     assert kids["compiles"]["whole_executables"] >= 4
     assert kids["compiles"]["compiled"] == 0
@@ -185,3 +187,33 @@ def test_lapack_programs_reload_in_a_fresh_process(tmp_path):
     np.testing.assert_array_equal(warm, cold)
     a = np.arange(16, dtype=np.float64).reshape(4, 4) / 7.0
     np.testing.assert_allclose(cold, np.linalg.eigvalsh(a @ a.T + np.eye(4)), rtol=1e-4)
+
+
+def test_a_panel_child_starts_only_for_a_panel_not_stored(tmp_path, monkeypatch):
+    """A single run starts its panel's compile child at once (before its targets), unless
+    the panel is off or a child already built the same spec at the same image shapes."""
+    import types
+
+    from nstjax import build, child, panel
+    from nstjax.settings import Settings
+    from nstjax.weights.preprocessing import CAFFE
+
+    monkeypatch.setenv("NSTJAX_COMPILE_CACHE", str(tmp_path))
+    started = []
+    monkeypatch.setattr(child, "Child", lambda fn, *args: started.append((fn, args)) or "kid")
+    obj = types.SimpleNamespace(pooling="avg", preprocessing=CAFFE, ceil_mode=None)
+    content, style = np.zeros((24, 32, 3), np.float32), np.ones((20, 30, 3), np.float32)
+    images = (content, [style], [1.0])
+    on = Settings(panel="gram+mse")
+    assert build.start_panel_child(on, obj, {}, images) == "kid"
+    assert started[0][0] is panel.prebuild and started[0][1][2] is content
+    assert build.start_panel_child(dataclasses.replace(on, panel="off"), obj, {}, images) is None
+    k = panel.prebuild_key(obj, content, [style], ("gram",), ("mse",))
+    assert k == panel.prebuild_key(obj, content + 1, [style * 2], ("gram",), ("mse",))
+    assert k != panel.prebuild_key(obj, content, [style[1:]], ("gram",), ("mse",))
+    assert k != panel.prebuild_key(obj, content, [style], ("gram", "w2"), ("mse",))
+    aot.mark_done(k)
+    assert aot.known(k) and build.start_panel_child(on, obj, {}, images) is None
+    assert len(started) == 1
+    monkeypatch.setenv("NSTJAX_COMPILE_CHILD", "0")
+    assert build.start_panel_child(Settings(panel="gram"), obj, {}, images) is None
