@@ -364,7 +364,9 @@ def build_job(
             settings.masks, settings.style_masks, settings.preserve_color,
             settings.color_transfer, weights_id)  # fmt: skip
     # a single run starts compiling its panel now, beside its own targets and kernels
-    panel_child = start_panel_child(settings, obj, weights.params, loaded) if prewarm_panel else None
+    panel_child = None
+    if prewarm_panel:
+        panel_child = start_panel_child(settings, obj, weights.params, loaded)
     targets = caches.get(("targets", tkey)) if cacheable else None
     if targets is None:
         targets = objective.targets(obj, weights.params, content_img, style_imgs, blend)
