@@ -24,6 +24,7 @@ one process, with the store on; ``NSTJAX_COMPILE_CHILD=0`` turns it off.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import subprocess
@@ -89,6 +90,15 @@ class Child:
             self.error = f"compile child not started: {type(e).__name__}: {e}"
             self._log.close()
             jax.monitoring.record_event(FAILED_EVENT)
+        else:
+            atexit.register(self._abandon)
+
+    def _abandon(self) -> None:
+        """At exit: a child nobody waited for (the run failed or was interrupted before it
+        needed the programs) is killed, not left compiling after the command returned."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
 
     def wait(self, timeout: float = TIMEOUT_S) -> bool:
         if self._log.closed:  # waited for already (or never started)
@@ -99,6 +109,7 @@ class Child:
             self._proc.kill()
             self._proc.wait()
             rc = -9
+        atexit.unregister(self._abandon)
         if rc != 0:
             self._log.seek(0)
             lines = self._log.read().decode(errors="replace").strip().splitlines()

@@ -217,3 +217,16 @@ def test_a_panel_child_starts_only_for_a_panel_not_stored(tmp_path, monkeypatch)
     assert len(started) == 1
     monkeypatch.setenv("NSTJAX_COMPILE_CHILD", "0")
     assert build.start_panel_child(Settings(panel="gram"), obj, {}, images) is None
+
+
+def test_a_child_nobody_waited_for_is_killed_at_exit():
+    """A run that fails before it needs its children leaves none compiling."""
+    script = (
+        "from nstjax import child, panel\n"
+        "c = child.Child(panel.prebuild, None, {}, None, [], None)\n"
+        "print(c._proc.pid)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60)  # fmt: skip
+    pid = int(out.stdout.split()[-1])
+    assert not os.path.exists(f"/proc/{pid}")  # gone (importing JAX alone takes longer)
