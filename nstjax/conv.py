@@ -13,7 +13,7 @@ the transform runs inside every call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -96,16 +96,17 @@ def tile_size(impl: str, h: int, w: int, c: int, o: int) -> int:
     return CONV_IMPLS[check_impl(impl)](h, w, c, o)
 
 
-def prepare_kernel(kernel_3x3xCxO: jax.Array, m: int) -> dict[str, jax.Array]:
-    """Transformed kernels for a layer that runs Winograd F(m x m, 3 x 3)."""
-    return winograd.transformed_kernels(kernel_3x3xCxO, m)
+def prepare_kernel(kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
+    """The transformed kernel (``(m+2)^2 x C x O``) of a layer that runs Winograd
+    F(m x m, 3 x 3); the backward pass uses it too."""
+    return winograd.kernel_transform(kernel_3x3xCxO, m)
 
 
 def convolve(
     x_BxHxWxC: jax.Array,
     kernel_3x3xCxO: jax.Array,
     impl: str = "xla",
-    prepared: Mapping[str, jax.Array] | None = None,
+    prepared: jax.Array | None = None,
 ) -> jax.Array:
     """3x3 'SAME' convolution by the algorithm ``impl`` picks for this shape.
 
@@ -116,8 +117,8 @@ def convolve(
     m = tile_size(impl, h, w, c, kernel_3x3xCxO.shape[3])
     if m == 0:
         return conv_xla(x_BxHxWxC, kernel_3x3xCxO)
-    if prepared is not None and prepared["fwd"].shape[0] == (m + 2) ** 2:
-        return winograd.conv_pretransformed(x_BxHxWxC, dict(prepared), m)
+    if prepared is not None and prepared.shape[0] == (m + 2) ** 2:
+        return winograd.conv_pretransformed(x_BxHxWxC, prepared, m)
     return winograd.conv_winograd(x_BxHxWxC, kernel_3x3xCxO, m)
 
 
@@ -126,7 +127,7 @@ def conv3x3(
     kernel_3x3xCxO: jax.Array,
     bias_O: jax.Array,
     impl: str = "xla",
-    prepared: Mapping[str, jax.Array] | None = None,
+    prepared: jax.Array | None = None,
 ) -> jax.Array:
     return convolve(x_BxHxWxC, kernel_3x3xCxO, impl, prepared) + bias_O
 

@@ -280,22 +280,11 @@ def features_remat(
     return out
 
 
-def prepare_params(
-    params: Mapping,
-    image_shape: Sequence[int],
-    layers: Sequence[str],
-    conv_impl: str,
-    ceil_mode: bool = False,
-) -> dict:
-    """``params`` plus, for every conv layer that ``conv_impl`` runs as Winograd at this
-    image shape (B, H, W, C), its transformed kernels (param ``winograd``).
-    ``ceil_mode`` must be the pooling rounding the features will use (it decides the
-    layers' sizes, hence the policy's choices).
-
-    Style transfer evaluates the same VGG hundreds of times, so the transforms are made
-    once here instead of in every step. Layers past the deepest of ``layers`` are
-    dropped. Jit-compatible; :func:`prepare_params_jit` is the compiled version.
-    """
+def _winograd_layers(
+    image_shape: Sequence[int], layers: Sequence[str], conv_impl: str, ceil_mode: bool
+) -> dict[str, int]:
+    """``{conv layer: tile size}`` of the layers up to the deepest of ``layers`` that
+    ``conv_impl`` runs as Winograd at this image shape (B, H, W, C)."""
     layers = check_layers(layers)
     last = max(LAYER_INDEX[name] for name in layers)
     h, w = image_shape[1], image_shape[2]
@@ -304,21 +293,68 @@ def prepare_params(
         if name.startswith("pool"):
             h, w = pooled_size(h, ceil_mode), pooled_size(w, ceil_mode)
         elif name in PARAM_SHAPES:
-            entry = {"kernel": params[name]["kernel"], "bias": params[name]["bias"]}
             m = conv.tile_size(conv_impl, h, w, *PARAM_SHAPES[name]["kernel"][2:])
             if m:
-                entry["winograd"] = conv.prepare_kernel(entry["kernel"], m)
-            out[name] = entry
+                out[name] = m
     return out
 
 
-prepare_params_jit = jax.jit(
-    prepare_params,
+def _transforms(params, image_shape, layers, conv_impl, ceil_mode) -> dict:
+    tiles = _winograd_layers(image_shape, layers, conv_impl, ceil_mode)
+    return {name: conv.prepare_kernel(params[name]["kernel"], m) for name, m in tiles.items()}
+
+
+_transforms_jit = jax.jit(
+    _transforms,
     # runs once per run: 0.30-0.33 s to compile at 256x192 against 0.52-0.81 s, as fast
     compiler_options=xla_flags.one_off_compiler_options(),
     static_argnums=(1, 2, 3, 4),
-    static_argnames=("image_shape", "layers", "conv_impl", "ceil_mode"),
 )
+
+
+def _assemble(params: Mapping, layers: Sequence[str], transforms: Mapping) -> dict:
+    last = max(LAYER_INDEX[name] for name in check_layers(layers))
+    out = {}
+    for name in LAYERS[: last + 1]:
+        if name in PARAM_SHAPES:
+            out[name] = {"kernel": params[name]["kernel"], "bias": params[name]["bias"]}
+            if name in transforms:
+                out[name]["winograd"] = transforms[name]
+    return out
+
+
+def prepare_params(
+    params: Mapping,
+    image_shape: Sequence[int],
+    layers: Sequence[str],
+    conv_impl: str,
+    ceil_mode: bool = False,
+) -> dict:
+    """``params`` plus, for every conv layer that ``conv_impl`` runs as Winograd at this
+    image shape (B, H, W, C), its transformed kernel (param ``winograd``).
+    ``ceil_mode`` must be the pooling rounding the features will use (it decides the
+    layers' sizes, hence the policy's choices).
+
+    Style transfer evaluates the same VGG hundreds of times, so the transforms are made
+    once here instead of in every step. Layers past the deepest of ``layers`` are
+    dropped. Jit-compatible; :func:`prepare_params_jit` is the compiled version.
+    """
+    transforms = _transforms(params, tuple(image_shape), tuple(layers), conv_impl, ceil_mode)
+    return _assemble(params, layers, transforms)
+
+
+def prepare_params_jit(
+    params: Mapping,
+    image_shape: Sequence[int],
+    layers: Sequence[str],
+    conv_impl: str,
+    ceil_mode: bool = False,
+) -> dict:
+    """:func:`prepare_params` with the transforms compiled; the kernels and biases are
+    ``params``' own arrays, not copies (a jitted function's outputs are new buffers:
+    49.5 MiB of VGG19's kernels to conv5_1 held twice)."""
+    transforms = _transforms_jit(params, tuple(image_shape), tuple(layers), conv_impl, ceil_mode)
+    return _assemble(params, layers, transforms)
 
 
 def init_params(rng: jax.Array) -> dict:

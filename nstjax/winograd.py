@@ -8,11 +8,11 @@ the channels, and the products are taken back to an m x m output tile. That need
 for m = 4).
 
 Style transfer never changes the VGG weights, so the kernels can be transformed once
-per run (:func:`transformed_kernels`) and passed to the compiled step as data
+per run (:func:`kernel_transform`) and passed to the compiled step as data
 (:func:`conv_pretransformed`); :func:`conv_winograd` transforms them on every call.
 Both have a custom VJP: the input gradient of a stride-1 'SAME' 3x3 convolution is
-the same convolution with the kernel rotated by 180 degrees and its channel axes
-swapped, so the backward pass is Winograd too.
+the convolution (not correlation) with the same kernel, channel axes swapped, so the
+backward pass is Winograd too, with the same transformed kernel (:func:`_input_grad`).
 
 Each tile transform is one matrix product with a constant Kronecker matrix
 (``B^T kron B^T``, ``T x T`` with ``T = n^2``; ``A^T kron A^T``, ``m^2 x T``) over the
@@ -107,19 +107,6 @@ def kernel_transform(kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
     return u.reshape((m + 2) ** 2, *kernel_3x3xCxO.shape[2:])
 
 
-def flipped(kernel_3x3xCxO: jax.Array) -> jax.Array:
-    """The kernel of the input gradient: rotated by 180 degrees, channel axes swapped."""
-    return jnp.flip(kernel_3x3xCxO, (0, 1)).swapaxes(2, 3)
-
-
-def transformed_kernels(kernel_3x3xCxO: jax.Array, m: int) -> dict[str, jax.Array]:
-    """``{"fwd": T x C x O, "bwd": T x O x C}``: what :func:`conv_pretransformed` takes."""
-    return {
-        "fwd": kernel_transform(kernel_3x3xCxO, m),
-        "bwd": kernel_transform(flipped(kernel_3x3xCxO), m),
-    }
-
-
 def _tiles(x_BxHxWxC: jax.Array, m: int):
     """The zero-padded input's overlapping ``(m+2) x (m+2)`` tiles, ``m`` apart:
     ``(n, n, B, th, tw, C)`` (tile row, tile column first), and ``(B, th, tw)``."""
@@ -132,26 +119,39 @@ def _tiles(x_BxHxWxC: jax.Array, m: int):
     return tiles, (b, th, tw)
 
 
-def _input_transform(x_BxHxWxC: jax.Array, m: int):
+def _transforms(m: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(B^T, A^T)``; with ``flip``, ``(B^T J_n, J_m A^T)`` (``J``: the reversal), which
+    turn the tile correlation with a kernel into the convolution with it."""
+    at, _, bt = (np.asarray(a, np.float32) for a in matrices(m))
+    return (bt[:, ::-1], at[::-1]) if flip else (bt, at)
+
+
+def _input_transform(x_BxHxWxC: jax.Array, m: int, flip: bool = False):
     """Tiles ``B^T d B`` of the zero-padded input: ``(T, B*th*tw, C)`` and ``(B, th, tw)``.
 
     One product with the constant ``(B^T kron B^T)`` (``T x T``) over the stacked tiles."""
-    bt = np.asarray(matrices(m)[2], np.float32)
+    bt = _transforms(m, flip)[0]
     tiles, shape = _tiles(x_BxHxWxC, m)
     t = bt.shape[0] ** 2
     v = jnp.dot(np.kron(bt, bt), tiles.reshape(t, -1), precision=jax.lax.Precision.HIGHEST)
     return v.reshape(t, -1, x_BxHxWxC.shape[-1]), shape
 
 
-def _output_transform(prod_TxPxO: jax.Array, m: int, tiles, h: int, w: int) -> jax.Array:
+def _output_transform(
+    prod: jax.Array, m: int, tiles, h: int, w: int, flip: bool = False, tcp: bool = False
+) -> jax.Array:
     """``A^T M A`` of every tile's products (one product with ``A^T kron A^T``,
-    ``m^2 x T``), assembled and cropped to ``B x h x w x O``."""
-    at = np.asarray(matrices(m)[0], np.float32)
+    ``m^2 x T``), assembled and cropped to ``B x h x w x O``. ``prod`` is ``T x P x O``,
+    or ``T x O x P`` with ``tcp``."""
+    at = _transforms(m, flip)[1]
     b, th, tw = tiles
-    o = prod_TxPxO.shape[-1]
-    y = jnp.dot(np.kron(at, at), prod_TxPxO.reshape(prod_TxPxO.shape[0], -1),
+    o = prod.shape[1 if tcp else 2]
+    y = jnp.dot(np.kron(at, at), prod.reshape(prod.shape[0], -1),
                 precision=jax.lax.Precision.HIGHEST)  # fmt: skip
-    y = y.reshape(m, m, b, th, tw, o).transpose(2, 3, 0, 4, 1, 5)  # B, th, row, tw, col, O
+    if tcp:  # -> B, th, row, tw, col, O
+        y = y.reshape(m, m, o, b, th, tw).transpose(3, 4, 0, 5, 1, 2)
+    else:
+        y = y.reshape(m, m, b, th, tw, o).transpose(2, 3, 0, 4, 1, 5)
     return y.reshape(b, th * m, tw * m, o)[:, :h, :w]
 
 
@@ -159,6 +159,36 @@ def _forward(x_BxHxWxC: jax.Array, u_TxCxO: jax.Array, m: int) -> jax.Array:
     v_TxPxC, tiles = _input_transform(x_BxHxWxC, m)
     prod_TxPxO = jnp.einsum("tpc,tco->tpo", v_TxPxC, u_TxCxO)
     return _output_transform(prod_TxPxO, m, tiles, *x_BxHxWxC.shape[1:3])
+
+
+SMALL_TILE_COUNT = 128
+"""Below this many tiles per transform point, :func:`_input_grad` multiplies
+``U (C x O) . dV^T`` instead of ``dV (P x O) . U^T``: the layers of 512 channels at
+256 px (48 and 12 tiles). See :func:`_input_grad`."""
+
+
+def _input_grad(dy_BxHxWxO: jax.Array, u_TxCxO: jax.Array, m: int) -> jax.Array:
+    """The input gradient of :func:`_forward`, from the same transformed kernel.
+
+    It is the 'SAME' convolution (not correlation) of ``dy`` with the kernel, channel
+    axes swapped: dx[i] = sum_j k[j] dy[i + 1 - j]. Over each tile that is a
+    convolution, so the tiling and ``U`` are the forward's and only the constant
+    transforms change: ``B^T J`` and ``J A^T`` (:func:`_transforms`); the per-point
+    product contracts ``U``'s output channels. One transformed kernel per layer, not
+    two (the rotated kernel's): 198 MiB less for VGG19 to relu5_1 with F(4x4).
+
+    The product's form follows the tile count ``P`` (YNNPACK on the 2-core AVX-512 CPU,
+    ``python benchmarks/winograd_backward.py``): with many tiles ``dV . U^T`` is as fast
+    as a product with a stored rotated kernel; with few (the 512-channel layers at 256
+    px), ``U . dV^T`` is.
+    """
+    v_TxPxO, tiles = _input_transform(dy_BxHxWxO, m, flip=True)
+    h, w = dy_BxHxWxO.shape[1:3]
+    if v_TxPxO.shape[1] < SMALL_TILE_COUNT:
+        prod_TxCxP = jnp.einsum("tco,tpo->tcp", u_TxCxO, v_TxPxO)
+        return _output_transform(prod_TxCxP, m, tiles, h, w, flip=True, tcp=True)
+    prod_TxPxC = jnp.einsum("tpo,tco->tpc", v_TxPxO, u_TxCxO)
+    return _output_transform(prod_TxPxC, m, tiles, h, w, flip=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -172,40 +202,40 @@ def conv_winograd(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array, m: int) -> ja
 
 
 def _winograd_fwd(x_BxHxWxC, kernel_3x3xCxO, m):
-    return conv_winograd(x_BxHxWxC, kernel_3x3xCxO, m), (x_BxHxWxC, kernel_3x3xCxO)
+    u_TxCxO = kernel_transform(kernel_3x3xCxO, m)
+    return _forward(x_BxHxWxC, u_TxCxO, m), (x_BxHxWxC, kernel_3x3xCxO, u_TxCxO)
 
 
 def _winograd_bwd(m, residuals, dy_BxHxWxO):
-    x_BxHxWxC, kernel_3x3xCxO = residuals
-    dx = _forward(dy_BxHxWxO, kernel_transform(flipped(kernel_3x3xCxO), m), m)
+    x_BxHxWxC, kernel_3x3xCxO, u_TxCxO = residuals
     _, kernel_vjp = jax.vjp(
         lambda k: jax.lax.conv_general_dilated(
             x_BxHxWxC, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
         ),
         kernel_3x3xCxO,
     )
-    return dx, kernel_vjp(dy_BxHxWxO)[0]
+    return _input_grad(dy_BxHxWxO, u_TxCxO, m), kernel_vjp(dy_BxHxWxO)[0]
 
 
 conv_winograd.defvjp(_winograd_fwd, _winograd_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_pretransformed(x_BxHxWxC: jax.Array, kernels: dict[str, jax.Array], m: int) -> jax.Array:
-    """Winograd convolution with kernels from :func:`transformed_kernels`.
+def conv_pretransformed(x_BxHxWxC: jax.Array, u_TxCxO: jax.Array, m: int) -> jax.Array:
+    """Winograd convolution with a kernel from :func:`kernel_transform`.
 
-    The transformed kernels are treated as constants: their cotangent is zero (as if
+    The transformed kernel is treated as a constant: its cotangent is zero (as if
     under ``stop_gradient``). Differentiate :func:`conv_winograd` for kernel gradients.
     """
-    return _forward(x_BxHxWxC, kernels["fwd"], m)
+    return _forward(x_BxHxWxC, u_TxCxO, m)
 
 
-def _pre_fwd(x_BxHxWxC, kernels, m):
-    return _forward(x_BxHxWxC, kernels["fwd"], m), kernels
+def _pre_fwd(x_BxHxWxC, u_TxCxO, m):
+    return _forward(x_BxHxWxC, u_TxCxO, m), u_TxCxO
 
 
-def _pre_bwd(m, kernels, dy_BxHxWxO):
-    return _forward(dy_BxHxWxO, kernels["bwd"], m), jax.tree.map(jnp.zeros_like, kernels)
+def _pre_bwd(m, u_TxCxO, dy_BxHxWxO):
+    return _input_grad(dy_BxHxWxO, u_TxCxO, m), jnp.zeros_like(u_TxCxO)
 
 
 conv_pretransformed.defvjp(_pre_fwd, _pre_bwd)

@@ -139,8 +139,7 @@ def test_pretransformed_kernels_match_reference(m):
     # kernels are constants (zero cotangent).
     x, kernel, cotangent = random_problem((2, 9, 14, 16, 8), seed=2)
     prepared = conv.prepare_kernel(jnp.asarray(kernel), m)
-    assert prepared["fwd"].shape == ((m + 2) ** 2, 16, 8)
-    assert prepared["bwd"].shape == ((m + 2) ** 2, 8, 16)
+    assert prepared.shape == ((m + 2) ** 2, 16, 8)  # one kernel: the backward's too
     impl = f"winograd{m}"
 
     def functional(x_, prep):
@@ -157,6 +156,22 @@ def test_pretransformed_kernels_match_reference(m):
     other = conv.prepare_kernel(jnp.asarray(kernel), 6 - m)
     y2 = conv.convolve(jnp.asarray(x), jnp.asarray(kernel), impl, other)
     assert relative_error(y2, reference_conv(x, kernel)) < TOLERANCE[impl]
+
+
+@pytest.mark.parametrize("m", sorted(winograd.POINTS))
+@pytest.mark.parametrize("shape", [(2, 9, 14, 16, 8), (1, 50, 46, 16, 8)])
+def test_input_grad_from_the_forward_kernel_in_both_product_forms(m, shape):
+    # The backward pass reuses the forward's transformed kernel (a convolution over each
+    # tile: B^T J and J A^T); with few tiles it multiplies U . dV^T, with many dV . U^T.
+    x, kernel, cotangent = random_problem(shape, seed=3)
+    tiles = shape[0] * -(-shape[1] // m) * -(-shape[2] // m)
+    assert (tiles < winograd.SMALL_TILE_COUNT) == (shape[1] == 9)
+    u = winograd.kernel_transform(jnp.asarray(kernel), m)
+    dx = jax.jit(jax.grad(lambda a: jnp.sum(winograd.conv_pretransformed(a, u, m) * cotangent)))(
+        jnp.asarray(x)
+    )
+    assert dx.shape == x.shape
+    assert relative_error(dx, reference_input_grad(kernel, cotangent)) < TOLERANCE[f"winograd{m}"]
 
 
 def test_auto_policy_picks_winograd_where_it_pays_on_cpu():
@@ -195,7 +210,7 @@ def test_prepare_params_transforms_exactly_the_winograd_layers():
     ]
     assert sorted(k for k, v in prepared.items() if "winograd" in v) == expected
     assert "conv4_3" not in prepared  # past the deepest requested layer
-    assert prepared["conv3_2"]["winograd"]["fwd"].shape == (36, 256, 256)
+    assert prepared["conv3_2"]["winograd"].shape == (36, 256, 256)
     # 512x512: conv1_2 is past 256x256 pixels; conv2_1 (256x256) is not.
     big = vgg.prepare_params(params, (1, 512, 512, 3), layers, "auto")
     assert sorted(k for k, v in big.items() if "winograd" in v) == expected[1:]
