@@ -214,3 +214,22 @@ def test_references_are_kept_on_disk(real_weights, pics, tmp_path, monkeypatch):
         panel_refs.directory() is None
         and panel_refs.key(first.spec, params, content, [style], first.blend, 0) is None
     )
+
+
+def test_identical_targets_share_one_buffer(the_panel):
+    # mrf, mmd_rbf, relaxed_emd and sliced_w2 keep the style's features themselves:
+    # one buffer for all four (views), not four copies; other targets stay their own.
+    t = the_panel.style_targets
+    feats = t["style/sliced_w2"]["relu1_1"]
+    assert np.shares_memory(t["style/mrf"]["relu1_1"], feats)
+    assert np.shares_memory(t["style/mmd_rbf"]["relu1_1"]["y"], feats)
+    assert np.shares_memory(t["style/relaxed_emd"]["relu1_1"]["y"], feats)
+    assert t["style/mrf"]["relu1_1"].shape == (*t["style/mrf"]["relu1_1"].shape[:2], 64)
+    assert not np.shares_memory(t["style/hist"]["relu1_1"], feats)  # sorted: other values
+    a = np.arange(12, dtype=np.float32)
+    shared = panel.share_identical({"a": a.reshape(3, 4), "b": a.copy(), "c": a[::-1].copy(),
+                                    "d": a.astype(np.int32)})  # fmt: skip
+    assert shared["b"].shape == (12,) and np.shares_memory(shared["b"], shared["a"])
+    assert not np.shares_memory(shared["c"], shared["a"])  # same size, other bytes
+    assert not np.shares_memory(shared["d"], shared["a"])  # other dtype
+    np.testing.assert_array_equal(shared["b"], a)

@@ -126,6 +126,31 @@ def test_value_matches_float64_reference(case):
         np.testing.assert_allclose(want, [ref.w2_sqrtm(x[b], y[0]) for b in range(2)], rtol=1e-9)
 
 
+@pytest.mark.parametrize("chunk", [6, 12, 13])
+def test_hist_remaps_channel_groups_in_turn_as_the_whole(monkeypatch, chunk):
+    """``hist`` remaps at most CHUNK_ELEMENTS values at once: groups of channels that
+    divide C (here 4 channels of 30 positions: groups of 1, 2 and 2); the remap, the
+    loss and its agreement with the float64 reference are unchanged."""
+    from nstjax.terms import hist
+
+    name, kind, opts, x, y, target = _setup("hist", x_shape=(2, 5, 6, 4))
+    whole = np.asarray(kind.loss(jnp.asarray(x), target, KEY, **opts))
+    monkeypatch.setattr(hist, "CHUNK_ELEMENTS", 30 * chunk // 6)
+    rows = hist._divisor_at_most(4, hist.CHUNK_ELEMENTS // 30)
+    assert rows == {6: 1, 12: 2, 13: 2}[chunk]
+    o = jnp.asarray(x[0].reshape(30, 4).T)
+    np.testing.assert_allclose(  # float32 rounding (eager against a compiled loop)
+        np.asarray(hist.hist_remap_chunked(o, target, opts["bins"])),
+        np.asarray(hist.hist_remap(o, target, opts["bins"])),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    got = np.asarray(jax.jit(lambda f: kind.loss(f, target, KEY, **opts))(jnp.asarray(x)))
+    np.testing.assert_allclose(got, whole, rtol=1e-6)
+    np.testing.assert_allclose(got, [_reference(name, opts, x[b], y[0], KEY) for b in range(2)],
+                               rtol=1e-4)  # fmt: skip
+
+
 @pytest.mark.parametrize("case", ["w2_fewer_positions_than_channels"])
 def test_w2_with_fewer_positions_than_channels(case):
     """A layer with M < C positions (relu5_1 of a small image): the M x M branch."""
