@@ -409,9 +409,14 @@ def build_job(
         "ema": np.float32(settings.ema),
     }
     key = np.asarray(jax.random.PRNGKey(settings.seed), np.uint32)
+    needed = obj.layers
+    if settings.panel_distances() is not None:
+        from nstjax import panel as panel_lib  # noqa: PLC0415
+
+        needed = (*needed, *panel_lib.GATYS_LAYERS, *panel_lib.CONTENT_LAYERS)
     job = Job(
-        program, init[None], run, key, settings, weights.info, weights.params, tag, content_rgb,
-        estimate, loaded,
+        program, init[None], run, key, settings, weights.info,
+        vgg.params_to(weights.params, needed), tag, content_rgb, estimate, loaded,
     )  # fmt: skip
     job.panel_child = panel_child
     return job

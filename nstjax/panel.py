@@ -42,6 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jex_core
 
 from nstjax import aot, image, panel_refs, vgg, xla_flags
 from nstjax.errors import UsageError
@@ -149,25 +150,94 @@ cold run makes three calls, a warm run one (``benchmarks/compile_options.py``; t
 README's "The panel's compile" has the whole-command figures)."""
 
 
-@functools.partial(aot.BySize, static_argnums=(0, 1, 3), sized_arg=2,
-                   max_pixels=FAST_COMPILE_PIXELS, small=FAST_COMPILE_OPTIONS,
-                   large=ONE_OFF_OPTIONS)  # fmt: skip
-def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
-    """``{key: {layer: target}}`` of ``role``'s distances from one image's features."""
+VIEW_PRIMITIVES = frozenset({"reshape", "squeeze"})
+
+
+@functools.cache
+def _feature_views(spec: Spec, role: str, feat_shapes: tuple, out_hw: tuple[int, int]) -> dict:
+    """``{key: {layer: (treedef, [(shape, dtype) of the leaf, or None])}}`` of ``role``'s
+    targets, with a ``(shape, dtype)`` where the leaf is the layer's features
+    themselves, reshaped (``mrf``, ``sliced_w2``, ``mmd_rbf``'s and ``relaxed_emd``'s
+    ``y``, ``mse``). Found by tracing each kind's ``targets`` alone (its jaxpr: only
+    :data:`VIEW_PRIMITIVES` between input and leaf), so registered kinds count too.
+
+    :func:`_targets` leaves those leaves out of its program and :func:`targets` puts
+    the features back in: one program cannot return one buffer twice, and at 512x384
+    the style's features as four kinds' targets were 4 x 76 MiB at once."""
+    shapes = dict(feat_shapes)
     kinds = spec.style if role == "style" else spec.content
     layers = spec.style_layers if role == "style" else spec.content_layers
     out = {}
     for key, name, options in kinds:
         kind = registry.get(name)
-        out[key] = {
-            layer: kind.targets(
+        out[key] = {}
+        for layer in layers:
+            hwc = (*vgg.feature_hw(layer, *out_hw, spec.ceil_mode), shapes[layer][-1])
+
+            def fn(f, kind=kind, hwc=hwc, options=options):
+                return kind.targets(f, hwc, **dict(options))
+
+            closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct(shapes[layer], jnp.float32))
+            views = {closed.jaxpr.invars[0]}
+            for e in closed.jaxpr.eqns:
+                if e.primitive.name in VIEW_PRIMITIVES and e.invars[0] in views:
+                    views.add(e.outvars[0])
+            leaves, treedef = jax.tree.flatten(jax.eval_shape(fn, jax.ShapeDtypeStruct(
+                shapes[layer], jnp.float32)))  # fmt: skip
+            out[key][layer] = (treedef, [
+                (leaf.shape, leaf.dtype)
+                if isinstance(v, jex_core.Var) and v in views and leaf.dtype == jnp.float32
+                else None
+                for v, leaf in zip(closed.jaxpr.outvars, leaves, strict=True)
+            ])  # fmt: skip
+    return out
+
+
+def _shapes(feats) -> tuple:
+    return tuple(sorted((k, tuple(v.shape)) for k, v in feats.items()))
+
+
+@functools.partial(aot.BySize, static_argnums=(0, 1, 3), sized_arg=2,
+                   max_pixels=FAST_COMPILE_PIXELS, small=FAST_COMPILE_OPTIONS,
+                   large=ONE_OFF_OPTIONS)  # fmt: skip
+def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
+    """``{key: {layer: [leaf of the target, or None]}}`` of ``role``'s distances from
+    one image's features: None where the leaf is the features (:func:`_feature_views`);
+    :func:`targets` assembles them."""
+    views = _feature_views(spec, role, _shapes(feats), out_hw)
+    kinds = spec.style if role == "style" else spec.content
+    layers = spec.style_layers if role == "style" else spec.content_layers
+    out = {}
+    for key, name, options in kinds:
+        kind = registry.get(name)
+        out[key] = {}
+        for layer in layers:
+            t = kind.targets(
                 feats[layer],
                 (*vgg.feature_hw(layer, *out_hw, spec.ceil_mode), feats[layer].shape[-1]),
                 **dict(options),
             )
-            for layer in layers
-        }
+            view = views[key][layer][1]
+            leaves = jax.tree.leaves(t)
+            out[key][layer] = [None if v else x for x, v in zip(leaves, view, strict=True)]
     return out
+
+
+def targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]) -> dict:
+    """``{key: {layer: target}}`` of ``role``'s distances from one image's features
+    ``feats``; leaves that are the features themselves are views of ``feats``' arrays
+    (no copies), other identical leaves share one buffer (:func:`share_identical`)."""
+    views = _feature_views(spec, role, _shapes(feats), out_hw)
+    computed = _targets(spec, role, feats, out_hw)
+    out = {}
+    for key, per_layer in computed.items():
+        out[key] = {}
+        for layer, leaves in per_layer.items():
+            treedef, view = views[key][layer]
+            full = [np.asarray(feats[layer]).reshape(v[0]) if v else leaf
+                    for leaf, v in zip(leaves, view, strict=True)]  # fmt: skip
+            out[key][layer] = jax.tree.unflatten(treedef, full)
+    return share_identical(out)
 
 
 @functools.partial(aot.BySize, static_argnums=(0,), sized_arg=1,
@@ -323,7 +393,7 @@ class Panel:
         self.key = jax.random.PRNGKey(seed)
         spec = self.spec
         per_style = [
-            _targets(
+            targets(
                 spec, "style", _forward(spec, self.params, s[None], spec.style_layers), self.hw
             )  # fmt: skip
             for s in styles
@@ -343,7 +413,7 @@ class Panel:
                 }
         self.style_targets = share_identical(self.style_targets)
         feats = _forward(spec, self.params, content[None], spec.layers)
-        self.content_targets = share_identical(_targets(spec, "content", feats, self.hw))
+        self.content_targets = targets(spec, "content", feats, self.hw)
         self.photo, self.painting = self._references(feats, content, styles, seed)
         style_keys = {k for k, _, _ in spec.style}
         self.scale = {k: self.photo[k] if k in style_keys else self.painting[k] for k in self.photo}

@@ -280,6 +280,14 @@ def features_remat(
     return out
 
 
+def params_to(params: Mapping, layers: Sequence[str]) -> dict:
+    """The entries of ``params`` up to the deepest conv layer that ``layers`` need (a new
+    dict of the same arrays): the rest need not stay in memory (conv5_2..conv5_4, 27 MiB,
+    for the Gatys layers)."""
+    last = max(LAYER_INDEX[name] for name in check_layers(layers))
+    return {name: params[name] for name in LAYERS[: last + 1] if name in PARAM_SHAPES}
+
+
 def _winograd_layers(
     image_shape: Sequence[int], layers: Sequence[str], conv_impl: str, ceil_mode: bool
 ) -> dict[str, int]:

@@ -233,3 +233,21 @@ def test_identical_targets_share_one_buffer(the_panel):
     assert not np.shares_memory(shared["c"], shared["a"])  # same size, other bytes
     assert not np.shares_memory(shared["d"], shared["a"])  # other dtype
     np.testing.assert_array_equal(shared["b"], a)
+
+
+def test_feature_targets_are_left_out_of_the_targets_program(the_panel):
+    # Kinds whose targets are the features themselves (found from each kind's jaxpr) are
+    # not computed into new buffers: the program returns None there.
+    spec = the_panel.spec
+    shapes = {"relu1_1": (1, 24, 32, 64), "relu2_1": (1, 12, 16, 128), "relu3_1": (1, 6, 8, 256),
+              "relu4_1": (1, 3, 4, 512), "relu5_1": (1, 1, 2, 512)}  # fmt: skip
+    views = panel._feature_views(spec, "style", tuple(sorted(shapes.items())), (24, 32))
+    is_view = {k: [v is not None for v in views[k]["relu1_1"][1]] for k in views}
+    assert is_view["style/mrf"] == [True] and is_view["style/sliced_w2"] == [True]
+    assert sorted(is_view["style/mmd_rbf"]) == [False, True]  # y (a view) and d2
+    assert is_view["style/gram"] == [False] and is_view["style/hist"] == [False]
+    assert views["style/mrf"]["relu1_1"][1][0][0] == (24, 32, 64)
+    feats = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    out = panel._targets(spec, "style", feats, (24, 32))
+    assert out["style/mrf"]["relu1_1"] == [None]
+    assert out["style/gram"]["relu1_1"][0].shape == (1, 64, 64)
