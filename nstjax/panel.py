@@ -153,6 +153,22 @@ README's "The panel's compile" has the whole-command figures)."""
 VIEW_PRIMITIVES = frozenset({"reshape", "squeeze"})
 
 
+def _role_targets(spec: Spec, role: str, out_hw: tuple[int, int], channels: Mapping):
+    """``(key, layer, fn)`` for each of ``role``'s distances and layers: ``fn(features)``
+    is the kind's targets there (``channels``: each layer's channel count)."""
+    kinds = spec.style if role == "style" else spec.content
+    layers = spec.style_layers if role == "style" else spec.content_layers
+    for key, name, options in kinds:
+        kind = registry.get(name)
+        for layer in layers:
+            hwc = (*vgg.feature_hw(layer, *out_hw, spec.ceil_mode), channels[layer])
+
+            def fn(feat, kind=kind, hwc=hwc, options=options):
+                return kind.targets(feat, hwc, **dict(options))
+
+            yield key, layer, fn
+
+
 @functools.cache
 def _feature_views(spec: Spec, role: str, feat_shapes: tuple, out_hw: tuple[int, int]) -> dict:
     """``{key: {layer: (treedef, [(shape, dtype) of the leaf, or None])}}`` of ``role``'s
@@ -165,31 +181,21 @@ def _feature_views(spec: Spec, role: str, feat_shapes: tuple, out_hw: tuple[int,
     the features back in: one program cannot return one buffer twice, and at 512x384
     the style's features as four kinds' targets were 4 x 76 MiB at once."""
     shapes = dict(feat_shapes)
-    kinds = spec.style if role == "style" else spec.content
-    layers = spec.style_layers if role == "style" else spec.content_layers
-    out = {}
-    for key, name, options in kinds:
-        kind = registry.get(name)
-        out[key] = {}
-        for layer in layers:
-            hwc = (*vgg.feature_hw(layer, *out_hw, spec.ceil_mode), shapes[layer][-1])
-
-            def fn(f, kind=kind, hwc=hwc, options=options):
-                return kind.targets(f, hwc, **dict(options))
-
-            closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct(shapes[layer], jnp.float32))
-            views = {closed.jaxpr.invars[0]}
-            for e in closed.jaxpr.eqns:
-                if e.primitive.name in VIEW_PRIMITIVES and e.invars[0] in views:
-                    views.add(e.outvars[0])
-            leaves, treedef = jax.tree.flatten(jax.eval_shape(fn, jax.ShapeDtypeStruct(
-                shapes[layer], jnp.float32)))  # fmt: skip
-            out[key][layer] = (treedef, [
-                (leaf.shape, leaf.dtype)
-                if isinstance(v, jex_core.Var) and v in views and leaf.dtype == jnp.float32
-                else None
-                for v, leaf in zip(closed.jaxpr.outvars, leaves, strict=True)
-            ])  # fmt: skip
+    out: dict = {}
+    for key, layer, fn in _role_targets(spec, role, out_hw, {k: s[-1] for k, s in shapes.items()}):
+        arg = jax.ShapeDtypeStruct(shapes[layer], jnp.float32)
+        closed = jax.make_jaxpr(fn)(arg)
+        views = {closed.jaxpr.invars[0]}
+        for e in closed.jaxpr.eqns:
+            if e.primitive.name in VIEW_PRIMITIVES and e.invars[0] in views:
+                views.add(e.outvars[0])
+        leaves, treedef = jax.tree.flatten(jax.eval_shape(fn, arg))
+        out.setdefault(key, {})[layer] = (treedef, [
+            (leaf.shape, leaf.dtype)
+            if isinstance(v, jex_core.Var) and v in views and leaf.dtype == jnp.float32
+            else None
+            for v, leaf in zip(closed.jaxpr.outvars, leaves, strict=True)
+        ])  # fmt: skip
     return out
 
 
@@ -205,21 +211,13 @@ def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
     one image's features: None where the leaf is the features (:func:`_feature_views`);
     :func:`targets` assembles them."""
     views = _feature_views(spec, role, _shapes(feats), out_hw)
-    kinds = spec.style if role == "style" else spec.content
-    layers = spec.style_layers if role == "style" else spec.content_layers
-    out = {}
-    for key, name, options in kinds:
-        kind = registry.get(name)
-        out[key] = {}
-        for layer in layers:
-            t = kind.targets(
-                feats[layer],
-                (*vgg.feature_hw(layer, *out_hw, spec.ceil_mode), feats[layer].shape[-1]),
-                **dict(options),
-            )
-            view = views[key][layer][1]
-            leaves = jax.tree.leaves(t)
-            out[key][layer] = [None if v else x for x, v in zip(leaves, view, strict=True)]
+    out: dict = {}
+    channels = {k: v.shape[-1] for k, v in feats.items()}
+    for key, layer, fn in _role_targets(spec, role, out_hw, channels):
+        leaves = jax.tree.leaves(fn(feats[layer]))
+        view = views[key][layer][1]
+        kept = [None if v else x for x, v in zip(leaves, view, strict=True)]
+        out.setdefault(key, {})[layer] = kept
     return out
 
 

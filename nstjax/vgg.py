@@ -22,7 +22,7 @@ size of any layer in either mode.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -331,13 +331,23 @@ def _assemble(params: Mapping, layers: Sequence[str], transforms: Mapping) -> di
     return out
 
 
-def prepare_params(
-    params: Mapping,
-    image_shape: Sequence[int],
-    layers: Sequence[str],
-    conv_impl: str,
-    ceil_mode: bool = False,
-) -> dict:
+def _preparer(transforms: Callable, doc: str) -> Callable:
+    def prepare(
+        params: Mapping,
+        image_shape: Sequence[int],
+        layers: Sequence[str],
+        conv_impl: str,
+        ceil_mode: bool = False,
+    ) -> dict:
+        t = transforms(params, tuple(image_shape), tuple(layers), conv_impl, ceil_mode)
+        return _assemble(params, layers, t)
+
+    prepare.__doc__ = doc
+    return prepare
+
+
+prepare_params = _preparer(
+    _transforms,
     """``params`` plus, for every conv layer that ``conv_impl`` runs as Winograd at this
     image shape (B, H, W, C), its transformed kernel (param ``winograd``).
     ``ceil_mode`` must be the pooling rounding the features will use (it decides the
@@ -346,23 +356,14 @@ def prepare_params(
     Style transfer evaluates the same VGG hundreds of times, so the transforms are made
     once here instead of in every step. Layers past the deepest of ``layers`` are
     dropped. Jit-compatible; :func:`prepare_params_jit` is the compiled version.
-    """
-    transforms = _transforms(params, tuple(image_shape), tuple(layers), conv_impl, ceil_mode)
-    return _assemble(params, layers, transforms)
-
-
-def prepare_params_jit(
-    params: Mapping,
-    image_shape: Sequence[int],
-    layers: Sequence[str],
-    conv_impl: str,
-    ceil_mode: bool = False,
-) -> dict:
+    """,
+)
+prepare_params_jit = _preparer(
+    _transforms_jit,
     """:func:`prepare_params` with the transforms compiled; the kernels and biases are
     ``params``' own arrays, not copies (a jitted function's outputs are new buffers:
-    49.5 MiB of VGG19's kernels to conv5_1 held twice)."""
-    transforms = _transforms_jit(params, tuple(image_shape), tuple(layers), conv_impl, ceil_mode)
-    return _assemble(params, layers, transforms)
+    49.5 MiB of VGG19's kernels to conv5_1 held twice).""",
+)
 
 
 def init_params(rng: jax.Array) -> dict:
