@@ -42,9 +42,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jex_core
 
-from nstjax import aot, image, panel_refs, vgg, xla_flags
+from nstjax import aot, image, panel_refs, vgg, views, xla_flags
 from nstjax.errors import UsageError
 from nstjax.settings import PANEL_CONTENT_KINDS, blend_weights
 from nstjax.terms import registry
@@ -150,9 +149,6 @@ cold run makes three calls, a warm run one (``benchmarks/compile_options.py``; t
 README's "The panel's compile" has the whole-command figures)."""
 
 
-VIEW_PRIMITIVES = frozenset({"reshape", "squeeze"})
-
-
 def _role_targets(spec: Spec, role: str, out_hw: tuple[int, int], channels: Mapping):
     """``(key, layer, fn)`` for each of ``role``'s distances and layers: ``fn(features)``
     is the kind's targets there (``channels``: each layer's channel count)."""
@@ -174,8 +170,8 @@ def _feature_views(spec: Spec, role: str, feat_shapes: tuple, out_hw: tuple[int,
     """``{key: {layer: (treedef, [(shape, dtype) of the leaf, or None])}}`` of ``role``'s
     targets, with a ``(shape, dtype)`` where the leaf is the layer's features
     themselves, reshaped (``mrf``, ``sliced_w2``, ``mmd_rbf``'s and ``relaxed_emd``'s
-    ``y``, ``mse``). Found by tracing each kind's ``targets`` alone (its jaxpr: only
-    :data:`VIEW_PRIMITIVES` between input and leaf), so registered kinds count too.
+    ``y``, ``mse``). Found by tracing each kind's ``targets`` alone
+    (:func:`nstjax.views.leaf_views`), so registered kinds count too.
 
     :func:`_targets` leaves those leaves out of its program and :func:`targets` puts
     the features back in: one program cannot return one buffer twice, and at 512x384
@@ -184,18 +180,7 @@ def _feature_views(spec: Spec, role: str, feat_shapes: tuple, out_hw: tuple[int,
     out: dict = {}
     for key, layer, fn in _role_targets(spec, role, out_hw, {k: s[-1] for k, s in shapes.items()}):
         arg = jax.ShapeDtypeStruct(shapes[layer], jnp.float32)
-        closed = jax.make_jaxpr(fn)(arg)
-        views = {closed.jaxpr.invars[0]}
-        for e in closed.jaxpr.eqns:
-            if e.primitive.name in VIEW_PRIMITIVES and e.invars[0] in views:
-                views.add(e.outvars[0])
-        leaves, treedef = jax.tree.flatten(jax.eval_shape(fn, arg))
-        out.setdefault(key, {})[layer] = (treedef, [
-            (leaf.shape, leaf.dtype)
-            if isinstance(v, jex_core.Var) and v in views and leaf.dtype == jnp.float32
-            else None
-            for v, leaf in zip(closed.jaxpr.outvars, leaves, strict=True)
-        ])  # fmt: skip
+        out.setdefault(key, {})[layer] = views.leaf_views(fn, arg)
     return out
 
 
@@ -210,12 +195,12 @@ def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
     """``{key: {layer: [leaf of the target, or None]}}`` of ``role``'s distances from
     one image's features: None where the leaf is the features (:func:`_feature_views`);
     :func:`targets` assembles them."""
-    views = _feature_views(spec, role, _shapes(feats), out_hw)
+    found = _feature_views(spec, role, _shapes(feats), out_hw)
     out: dict = {}
     channels = {k: v.shape[-1] for k, v in feats.items()}
     for key, layer, fn in _role_targets(spec, role, out_hw, channels):
         leaves = jax.tree.leaves(fn(feats[layer]))
-        view = views[key][layer][1]
+        view = found[key][layer][1]
         kept = [None if v else x for x, v in zip(leaves, view, strict=True)]
         out.setdefault(key, {})[layer] = kept
     return out
@@ -224,18 +209,18 @@ def _targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]):
 def targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]) -> dict:
     """``{key: {layer: target}}`` of ``role``'s distances from one image's features
     ``feats``; leaves that are the features themselves are views of ``feats``' arrays
-    (no copies), other identical leaves share one buffer (:func:`share_identical`)."""
-    views = _feature_views(spec, role, _shapes(feats), out_hw)
+    (no copies), other identical leaves share one buffer (:func:`views.share_identical`)."""
+    found = _feature_views(spec, role, _shapes(feats), out_hw)
     computed = _targets(spec, role, feats, out_hw)
     out = {}
     for key, per_layer in computed.items():
         out[key] = {}
         for layer, leaves in per_layer.items():
-            treedef, view = views[key][layer]
+            treedef, view = found[key][layer]
             full = [np.asarray(feats[layer]).reshape(v[0]) if v else leaf
                     for leaf, v in zip(leaves, view, strict=True)]  # fmt: skip
             out[key][layer] = jax.tree.unflatten(treedef, full)
-    return share_identical(out)
+    return views.share_identical(out)
 
 
 @functools.partial(aot.BySize, static_argnums=(0,), sized_arg=1,
@@ -281,34 +266,6 @@ def _pixels(img, what: str) -> np.ndarray:
 
 def _floats(d: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in d.items()}
-
-
-def share_identical(tree):
-    """``tree`` with each array leaf that holds the same bytes as an earlier leaf of the
-    same dtype replaced by a view of that one (numpy views of the arrays: no copies on
-    CPU, where jax arrays and host arrays share memory both ways).
-
-    Several kinds keep the style's features themselves as their targets (``mrf``,
-    ``mmd_rbf``, ``relaxed_emd``, ``sliced_w2``: four copies, 76 MiB each at 512x384);
-    one compiled program cannot return one buffer twice, so they are shared here.
-    """
-    leaves, treedef = jax.tree.flatten(tree)
-    kept: dict[tuple, list[np.ndarray]] = {}
-    out = []
-    for leaf in leaves:
-        a = np.asarray(leaf)
-        flat_bytes = a.reshape(-1).view(np.uint8)
-        for b in kept.setdefault((a.nbytes, a.dtype.str), []):
-            b_bytes = b.reshape(-1).view(np.uint8)
-            if np.array_equal(flat_bytes[:4096], b_bytes[:4096]) and np.array_equal(
-                flat_bytes, b_bytes
-            ):
-                a = b.reshape(a.shape)
-                break
-        else:
-            kept[(a.nbytes, a.dtype.str)].append(a)
-        out.append(a)
-    return jax.tree.unflatten(treedef, out)
 
 
 class Panel:
@@ -409,7 +366,7 @@ class Panel:
                     )  # fmt: skip
                     for layer in spec.style_layers
                 }
-        self.style_targets = share_identical(self.style_targets)
+        self.style_targets = views.share_identical(self.style_targets)
         feats = _forward(spec, self.params, content[None], spec.layers)
         self.content_targets = targets(spec, "content", feats, self.hw)
         self.photo, self.painting = self._references(feats, content, styles, seed)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import nstjax
-from nstjax import image, monitor, panel, panel_report
+from nstjax import image, monitor, panel, panel_report, views
 from nstjax.errors import UsageError
 
 SIZE = 32
@@ -228,7 +228,7 @@ def test_identical_targets_share_one_buffer(the_panel):
     assert t["style/mrf"]["relu1_1"].size == feats.size and feats.shape[1] == 64
     assert not np.shares_memory(t["style/hist"]["relu1_1"], feats)  # sorted: other values
     a = np.arange(12, dtype=np.float32)
-    shared = panel.share_identical({"a": a.reshape(3, 4), "b": a.copy(), "c": a[::-1].copy(),
+    shared = views.share_identical({"a": a.reshape(3, 4), "b": a.copy(), "c": a[::-1].copy(),
                                     "d": a.astype(np.int32)})  # fmt: skip
     assert shared["b"].shape == (12,) and np.shares_memory(shared["b"], shared["a"])
     assert not np.shares_memory(shared["c"], shared["a"])  # same size, other bytes
@@ -242,12 +242,12 @@ def test_feature_targets_are_left_out_of_the_targets_program(the_panel):
     spec = the_panel.spec
     shapes = {"relu1_1": (1, 24, 32, 64), "relu2_1": (1, 12, 16, 128), "relu3_1": (1, 6, 8, 256),
               "relu4_1": (1, 3, 4, 512), "relu5_1": (1, 1, 2, 512)}  # fmt: skip
-    views = panel._feature_views(spec, "style", tuple(sorted(shapes.items())), (24, 32))
-    is_view = {k: [v is not None for v in views[k]["relu1_1"][1]] for k in views}
+    found = panel._feature_views(spec, "style", tuple(sorted(shapes.items())), (24, 32))
+    is_view = {k: [v is not None for v in found[k]["relu1_1"][1]] for k in found}
     assert is_view["style/mrf"] == [True] and is_view["style/sliced_w2"] == [True]
     assert sorted(is_view["style/mmd_rbf"]) == [False, True]  # y (a view) and d2
     assert is_view["style/gram"] == [False] and is_view["style/hist"] == [False]
-    assert views["style/mrf"]["relu1_1"][1][0][0] == (24, 32, 64)
+    assert found["style/mrf"]["relu1_1"][1][0][0] == (24, 32, 64)
     feats = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
     out = panel._targets(spec, "style", feats, (24, 32))
     assert out["style/mrf"]["relu1_1"] == [None]
