@@ -366,7 +366,6 @@ class Panel:
                     )  # fmt: skip
                     for layer in spec.style_layers
                 }
-        self.style_targets = views.share_identical(self.style_targets)
         feats = _forward(spec, self.params, content[None], spec.layers)
         self.content_targets = targets(spec, "content", feats, self.hw)
         self.photo, self.painting = self._references(feats, content, styles, seed)

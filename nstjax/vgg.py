@@ -321,13 +321,10 @@ _transforms_jit = jax.jit(
 
 
 def _assemble(params: Mapping, layers: Sequence[str], transforms: Mapping) -> dict:
-    last = max(LAYER_INDEX[name] for name in check_layers(layers))
-    out = {}
-    for name in LAYERS[: last + 1]:
-        if name in PARAM_SHAPES:
-            out[name] = {"kernel": params[name]["kernel"], "bias": params[name]["bias"]}
-            if name in transforms:
-                out[name]["winograd"] = transforms[name]
+    out = {name: {"kernel": e["kernel"], "bias": e["bias"]}
+           for name, e in params_to(params, layers).items()}  # fmt: skip
+    for name, u in transforms.items():
+        out[name]["winograd"] = u
     return out
 
 
