@@ -86,3 +86,25 @@ def test_init_arbitrary_starts_from_the_fast_networks_output(images, real_weight
         images / "tubingen.jpg", images / "starry_night.jpg", weights=real_weights, size=64, steps=0
     )
     assert np.mean(np.abs(out.astype(float) - plain)) > 10  # not the content image
+
+
+def test_a_warm_command_reads_both_programs_whole(base, tmp_path, monkeypatch):
+    """The fast network's programs go through nstjax's store of whole executables: a
+    second command compiles and traces nothing, and draws the same image."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    monkeypatch.setenv("NSTJAX_COMPILE_CACHE", str(tmp_path / "xla"))
+    runs = []
+    for name in ("cold", "warm"):
+        cmd = [*base[:-4], "--output", str(tmp_path / f"{name}.png"), "--size", "64"]
+        cmd += ["--metrics", str(tmp_path / f"{name}.json"), "--quiet"]
+        subprocess.run([sys.executable, "-m", "nstjax", *cmd], check=True, capture_output=True)
+        runs.append(json.loads((tmp_path / f"{name}.json").read_text())["compiles"])
+    cold, warm = runs
+    assert cold["compiled"] >= 2 and cold["whole_executables"] == 0
+    # the style predictor's and the transformer's programs, neither traced
+    assert warm["compiled"] == 0 and warm["whole_executables"] == 2
+    a = np.asarray(Image.open(tmp_path / "cold.png"))
+    b = np.asarray(Image.open(tmp_path / "warm.png"))
+    np.testing.assert_array_equal(a, b)
