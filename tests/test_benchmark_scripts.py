@@ -4,6 +4,7 @@
   figures (it runs benchmarks/memory.py, gatys_speed.py and sweep_speed.py inside);
 * ``benchmarks/wall_vs_pastiche.py``: argument parsing, pastiche's size rules, the child
   measurement (wall time and a known peak RSS), and a ``--no-pastiche`` run (cold, warm);
+* ``benchmarks/arbitrary_command.py``: a ``--no-peer`` run (cold, warm) and a bad image;
 * ``benchmarks/memory.py``: the extrapolation that decides which sizes are skipped.
 
 The subprocesses use the session's weight cache and a persistent compilation cache in
@@ -165,6 +166,24 @@ def test_wall_vs_pastiche_nstjax_only(tmp_path, bench_env):
     assert cold["metrics"]["compiles"]["compiled"] > 0 and cold["cache_files"] > 0
     assert warm["metrics"]["compiles"]["compiled"] == 0
     assert warm["metrics"]["compiles"]["cache_hits"] > 0
+
+
+def test_arbitrary_command_nstjax_only(tmp_path, bench_env):
+    out = tmp_path / "arb.json"
+    cmd = [sys.executable, str(BENCH / "arbitrary_command.py"), "--no-peer"]
+    cmd += ["--size", "64", "--rounds", "1", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=bench_env, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "| nstjax cold |" in res.stdout and "| nstjax warm |" in res.stdout
+    r = json.loads(out.read_text())
+    assert set(r["summary"]) == {"nstjax cold", "nstjax warm"}
+    cold, warm = r["runs"]
+    assert (cold["mode"], warm["mode"]) == ("cold", "warm")
+    for run in (cold, warm):
+        assert run["rc"] == 0 and run["wall_s"] > 0 and run["peak_rss_mib"] > 100
+    bad = [sys.executable, str(BENCH / "arbitrary_command.py"), "--content", "/nonexistent.jpg"]
+    res = subprocess.run(bad, capture_output=True, text=True, env=bench_env, timeout=60)
+    assert res.returncode == 2 and "no such image: /nonexistent.jpg" in res.stderr
 
 
 def test_memory_extrapolation():
