@@ -48,10 +48,21 @@ def one(size: int, steps: int, warmup: int, optimizer: str, conv_impl: str, loop
         pooling="max",
         chunk_size=warmup,  # the first chunk is the warm-up
     )
-    # The chunks' end times split the run into warm-up and timed steps.
+    # The chunks' end times split the run into warm-up and timed steps. Progress goes to
+    # stderr as it happens: a run stopped at a limit (gpu_suite.py) still shows how far
+    # it got (e.g. a GPU's first compile, autotuning every convolution, takes minutes).
+    t0 = time.perf_counter()
     problem = gatys.prepare(settings, content, [style])
+    print(f"[gatys_speed {size}] prepared in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr, flush=True)  # fmt: skip
     stamps = {}
-    _, m = gatys.optimize(problem, lambda step, *_: stamps.setdefault(step, time.perf_counter()))
+
+    def stamp(step, *_):
+        stamps.setdefault(step, time.perf_counter())
+        print(f"[gatys_speed {size}] step {step} done at {stamps[step] - t0:.1f} s",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    _, m = gatys.optimize(problem, stamp)
     timed = (stamps[warmup + steps] - stamps[warmup]) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
     dev = jax.local_devices()[0]
@@ -105,7 +116,7 @@ def main() -> None:
             "--loop",
             args.loop,
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'size':>6} {'s/step':>8} {'compile s':>10} {'peak RSS MiB':>13}  backend")
