@@ -111,6 +111,7 @@ def run(
     batch_size = int(config.batch_size)
     live: dict = {}  # per-variant live writers, opened at a variant's first chunk
     panels: dict = {}  # distance panels, one per content/styles/objective
+    arbitrary_params = None  # the fast network's, at its first group
     with monitor.count_compiles() as compiles:
         try:
             for gi, group in enumerate(groups):
@@ -124,7 +125,11 @@ def run(
                 if isinstance(group[0], arbitrary_batch.ArbitraryJob):
                     mine_now = [j for j in group if claim(j)]
                     n = min(batch_size, len(mine_now))
-                    for job, out, seconds in arbitrary_batch.run_group(mine_now, batch_size):
+                    if arbitrary_params is None:  # read and committed once per sweep
+                        arbitrary_params = arbitrary_batch.load_params()
+                    for job, out, seconds in arbitrary_batch.run_group(
+                        mine_now, batch_size, arbitrary_params
+                    ):
                         m = arbitrary_batch.metrics(job, seconds, n)
                         _write_variant(workdir, job.tag, out, _variant_metrics(job.tag, m, gi))
                         claims.release(job.tag.name)

@@ -25,12 +25,12 @@ def leaf_views(fn: Callable, arg: jax.ShapeDtypeStruct) -> tuple:
     """``(treedef, [(shape, dtype), or None])`` of ``fn(arg)``'s leaves: a shape where
     the leaf is ``arg`` itself or only reshaped (its jaxpr: nothing but
     :data:`VIEW_PRIMITIVES` between them, and the same dtype), None elsewhere."""
-    closed = jax.make_jaxpr(fn)(arg)
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(arg)  # one trace for both
     reached = {closed.jaxpr.invars[0]}
     for e in closed.jaxpr.eqns:
         if e.primitive.name in VIEW_PRIMITIVES and e.invars[0] in reached:
             reached.add(e.outvars[0])
-    leaves, treedef = jax.tree.flatten(jax.eval_shape(fn, arg))
+    leaves, treedef = jax.tree.flatten(shapes)
     return treedef, [
         (leaf.shape, leaf.dtype)
         if isinstance(v, jex_core.Var) and v in reached and leaf.dtype == arg.dtype

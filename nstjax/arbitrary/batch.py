@@ -95,12 +95,17 @@ def _style_vec(params, job: ArbitraryJob, cache: dict) -> np.ndarray:
     return vec
 
 
+def load_params() -> dict:
+    """The fast network's params, committed to the device: the programs' keys in nstjax's
+    store need committed arrays (load once per run, pass to :func:`run_group`)."""
+    return jax.device_put(arbitrary_weights.load())
+
+
 def run_group(
     jobs: list[ArbitraryJob], batch_size: int, params: dict | None = None
 ) -> Iterator[tuple[ArbitraryJob, np.ndarray, float]]:
     """Yields (job, pixel-space HxWx3 output, seconds of its batch) per job."""
-    params = arbitrary_weights.load() if params is None else params
-    params = jax.device_put(params)  # committed: the programs' keys in nstjax's store
+    params = load_params() if params is None else jax.device_put(params)
     vec_cache: dict = {}
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
