@@ -8,14 +8,15 @@ convolution and GEMM fusion timed, with buffer initialization and a correctness 
 each candidate) kept a 512 px Gatys step compiling for over 100 s, while
 ``--xla_gpu_autotune_level=0`` compiled it in about 5 s but ran it 6-8x slower. This
 script compiles and runs the same 512 px step (benchmarks/gatys_speed.py: L-BFGS, a few
-untimed steps, then timed ones) once per setting in ``SETTINGS``, each in a fresh process
+untimed steps, then timed ones) once per setting in ``SETTINGS`` (XLA flags and the
+convolution's implementation), each in a fresh process
 under ``timeout`` with its own empty compile cache (``NSTJAX_COMPILE_CACHE=DIR``; the
 autotuning results land there too, so a later run with the same flags and cache reuses
 them), and prints one JSON line per setting: compile seconds, steady seconds per step and
-what a user's 100-step run would wait for (compile + 100 steps). ``--pick FILE`` writes
-the winner's ``XLA_FLAGS`` and its cache folder as two lines (``gpu_suite.sh`` can then
-run on with both). A flag this XLA does not know aborts its process: that setting is
-reported as failed.
+what a user's 100-step run would wait for (compile + 100 steps). ``--pick FILE``
+writes the winner's ``XLA_FLAGS``, its cache folder and its ``--conv-impl`` as three
+lines. A flag this XLA does not know aborts its process: that setting is reported as
+failed.
 """
 
 from __future__ import annotations
@@ -31,23 +32,35 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 
-# name: XLA_FLAGS added for that setting (the order they run in)
+# name: (XLA_FLAGS added for that setting, --conv-impl), in the order they run. On the
+# H200 (2026-12-04) the first three each kept the 512 px step compiling past 95 s, so the
+# cost is cuDNN's convolution autotuning itself, not its checks nor Triton's GEMMs; the
+# Winograd settings replace the convolutions by batched GEMMs (cuBLAS), whose heuristics
+# need no autotuning.
 SETTINGS = {
-    "level1": "--xla_gpu_autotune_level=1",
-    "no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
-    "level1_no_triton_gemm": "--xla_gpu_autotune_level=1 --xla_gpu_enable_triton_gemm=false",
-    "default": "",
-    "level0": "--xla_gpu_autotune_level=0",
+    "winograd4_level0": ("--xla_gpu_autotune_level=0", "winograd4"),
+    "winograd4": ("", "winograd4"),
+    "winograd2_level0": ("--xla_gpu_autotune_level=0", "winograd2"),
+    "level1": ("--xla_gpu_autotune_level=1", "auto"),
+    "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", "auto"),
+    "level1_no_triton_gemm": (
+        "--xla_gpu_autotune_level=1 --xla_gpu_enable_triton_gemm=false",
+        "auto",
+    ),
+    "default": ("", "auto"),
+    "level0": ("--xla_gpu_autotune_level=0", "auto"),
 }
 
 
 def probe(name: str, size: int, steps: int, limit: float, cache: Path) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), SETTINGS[name]) if f)
+    flags, conv_impl = SETTINGS[name]
+    env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), flags) if f)
     env["NSTJAX_COMPILE_CACHE"] = str(cache)
     cmd = [sys.executable, str(BENCH / "gatys_speed.py"), "--sizes", str(size)]
-    cmd += ["--steps", str(steps), "--warmup", "2"]
-    row = {"setting": name, "xla_flags": SETTINGS[name], "size": size, "cache": str(cache)}
+    cmd += ["--steps", str(steps), "--warmup", "2", "--conv-impl", conv_impl]
+    row = {"setting": name, "xla_flags": flags, "conv_impl": conv_impl, "size": size}
+    row["cache"] = str(cache)
     t0 = time.perf_counter()
     res = subprocess.run(
         ["timeout", "-k", "5", str(int(limit)), *cmd], capture_output=True, text=True, env=env
@@ -93,10 +106,12 @@ def main(argv=None) -> int:
         print("no setting compiled and ran within its limit", file=sys.stderr)
         return 1
     best = min(good, key=lambda r: r["user_100_steps_seconds"])
-    print(f"best: {best['setting']} ({best['user_100_steps_seconds']} s for compile + 100 steps)",
-          file=sys.stderr)
+    print(
+        f"best: {best['setting']} ({best['user_100_steps_seconds']} s for compile + 100 steps)",
+        file=sys.stderr,
+    )
     if args.pick:
-        args.pick.write_text(f"{best['xla_flags']}\n{best['cache']}\n")
+        args.pick.write_text(f"{best['xla_flags']}\n{best['cache']}\n{best['conv_impl']}\n")
     return 0
 
 
