@@ -215,6 +215,7 @@ def do_env(env: dict, limit: float, p: dict) -> tuple[dict, dict]:
 def do_step(env: dict, limit: float, p: dict) -> tuple[dict, dict]:
     cmd = [sys.executable, str(BENCH / "gatys_speed.py"), "--sizes", *map(str, p["sizes"])]
     cmd += ["--steps", str(p["steps"]), "--warmup", str(p["warmup"])]
+    cmd += ["--conv-impl", p["conv_impl"]]
     status, out, secs, note = run_part(cmd, limit, env)
     rows = [obj for prefix, obj in json_lines(out) if not prefix and "seconds_per_step" in obj]
     figures = {}
@@ -261,6 +262,7 @@ def do_memory(env: dict, limit: float, p: dict) -> tuple[dict, dict]:
         out_json = Path(tmp) / "memory.json"
         cmd = [sys.executable, str(BENCH / "memory.py"), "--sizes", *map(str, p["sizes"])]
         cmd += ["--steps", str(p["steps"]), "--out", str(out_json)]
+        cmd += ["--conv-impl", p["conv_impl"]]
         cmd += ["--timeout", str(max(30, int(limit)))]
         status, out, secs, note = run_part(cmd, limit, env)
         if out_json.is_file():
@@ -287,7 +289,7 @@ def do_memory(env: dict, limit: float, p: dict) -> tuple[dict, dict]:
 def do_sweep(env: dict, limit: float, p: dict) -> tuple[dict, dict]:
     cmd = [sys.executable, str(BENCH / "sweep_speed.py"), "--size", str(p["size"])]
     cmd += ["--steps", str(p["steps"]), "--batch-size", str(p["batch_size"])]
-    cmd += ["--rows", str(p.get("rows", 5))]
+    cmd += ["--rows", str(p.get("rows", 5)), "--conv-impl", p["conv_impl"]]
     status, out, secs, note = run_part(cmd, limit, env)
     parts = {prefix: obj for prefix, obj in json_lines(out) if prefix}
     result = {"status": status, "seconds": secs, "note": note, "params": p}
@@ -335,6 +337,8 @@ def suite(args) -> dict:
             "setup_seconds": time.time() - start if args.start else 0.0,
             "parts": list(args.parts),
             "jobs": args.jobs,
+            "conv_impl": args.conv_impl,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "python": sys.executable,
         }
     }
@@ -343,6 +347,8 @@ def suite(args) -> dict:
     def one(name: str) -> None:
         limit = min(TIMEOUTS[name] * (2 if args.dry_run else 1), deadline - time.time())
         params = PLAN[name]["dry" if args.dry_run else "real"] if name in PLAN else {}
+        if name in ("step", "memory", "sweep"):
+            params = {**params, "conv_impl": args.conv_impl}
         part, figs = STEPS[name](env, limit, params)
         result[name] = part
         figures.update({k: v for k, v in figs.items() if positive(v)})
@@ -381,6 +387,12 @@ def main(argv=None) -> None:
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument(
         "--jobs", type=int, help="parts at once: 1 (default; timings) or 2 (--dry-run default)"
+    )
+    p.add_argument(
+        "--conv-impl",
+        default="auto",
+        help="the Gatys parts' convolution (nstjax.conv.CONV_IMPLS; gpu_suite.sh --probe "
+        "passes the probe's winner) [auto]",
     )
     p.add_argument("--part", choices=("env", "arbitrary"), help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=1024, help=argparse.SUPPRESS)

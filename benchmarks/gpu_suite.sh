@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_suite.sh [--out gpu_suite.json] [--images DIR] [--wheels DIR]
 #        [--no-install] [--budget SECONDS] [--parts env step arbitrary memory sweep]
+#        [--probe [SETTING ...]] [--conv-impl IMPL]
 #   bash benchmarks/gpu_suite.sh --dry-run --out /tmp/s.json   # CPU, tiny, installs nothing
 #
 # 1. nstjax is imported from this checkout (PYTHONPATH) when it is not installed. Unless
@@ -22,6 +23,10 @@
 #    `timeout`, all within the budget (480 s from this script's start; --budget to change).
 #    XLA autotunes every new convolution on a GPU (minutes in all on the first run; cached
 #    after): see the README's "GPU" section for what the 2026-12-04 H200 run found.
+# --probe first runs benchmarks/gpu_autotune_probe.py (its default settings, or those named
+# after --probe; 90 s each) on the 512 px step, then runs the parts with the winner's
+# XLA_FLAGS, compile cache (its autotuning kept) and --conv-impl; the probe's rows go
+# into --out's folder as gpu_autotune_probe.json.
 # Every figure ends up in --out (default gpu_suite.json); the script's exit status is 0
 # when the JSON was written, whatever the parts did (their status is in it).
 set -uo pipefail
@@ -41,12 +46,21 @@ if [ -z "$PY" ]; then
 fi
 DRY=0
 INSTALL=1
+PROBE=0
+PROBE_SETTINGS=()
+OUT_FILE="gpu_suite.json"
 IMAGES_DIR=""
 PASS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1; PASS+=("$1") ;;
     --no-install) INSTALL=0 ;;
+    --probe)
+      PROBE=1
+      while [ $# -ge 2 ] && [ "${2#--}" = "$2" ]; do PROBE_SETTINGS+=("$2"); shift; done ;;
+    --out)
+      [ $# -ge 2 ] || { echo "--out needs a file" >&2; exit 2; }
+      OUT_FILE="$2"; PASS+=("$1" "$2"); shift ;;
     --images)
       [ $# -ge 2 ] || { echo "--images needs a folder" >&2; exit 2; }
       IMAGES_DIR="$(cd "$2" && pwd)"
@@ -120,6 +134,21 @@ if [ "$DRY" = 0 ]; then
     timeout 180 "$PY" -m nstjax weights fetch --source "$source" >/dev/null \
       || log "WARNING: could not fetch the $source weights (the parts needing them will fail)"
   done
+fi
+
+if [ "$PROBE" = 1 ] && [ "$DRY" = 0 ]; then
+  PICK="$(mktemp)"
+  PROBE_OUT="$(dirname "$OUT_FILE")/gpu_autotune_probe.json"
+  log "probing XLA's autotuning settings: ${PROBE_SETTINGS[*]:-the default list}"
+  "$PY" "$HERE/gpu_autotune_probe.py" --limit 90 --out "$PROBE_OUT" --pick "$PICK" \
+    --cache-root "$(mktemp -d)" ${PROBE_SETTINGS[@]+--settings "${PROBE_SETTINGS[@]}"} >&2 \
+    || log "WARNING: no probe setting finished; running with the current settings"
+  if [ -s "$PICK" ]; then
+    export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$(sed -n 1p "$PICK")"
+    export NSTJAX_COMPILE_CACHE="$(sed -n 2p "$PICK")"
+    PASS+=(--conv-impl "$(sed -n 3p "$PICK")")
+    log "running on with XLA_FLAGS='$XLA_FLAGS' --conv-impl $(sed -n 3p "$PICK")"
+  fi
 fi
 
 log "running benchmarks/gpu_suite.py ${PASS[*]}"

@@ -34,7 +34,7 @@ def _fig3():
     return module
 
 
-def single(size: int, steps: int, row: int) -> dict:
+def single(size: int, steps: int, row: int, conv_impl: str = "auto") -> dict:
     from nstjax import gatys, sweep
 
     fig3 = _fig3()
@@ -42,7 +42,7 @@ def single(size: int, steps: int, row: int) -> dict:
     config = fig3.get_config("cpu")
     variants = sweep.expand(config, fig3.sweep)
     v = variants[4 * row]  # the first variant of that row
-    settings = v.settings.replace(size=size, steps=steps)
+    settings = v.settings.replace(size=size, steps=steps, conv_impl=conv_impl)
     _, m = gatys.stylize(v.content, list(v.styles), settings=settings)
     return {
         "seconds": time.perf_counter() - t0,
@@ -51,13 +51,14 @@ def single(size: int, steps: int, row: int) -> dict:
     }
 
 
-def batched(size: int, steps: int, batch_size: int, rows: int = 5) -> dict:
+def batched(size: int, steps: int, batch_size: int, rows: int = 5, conv_impl: str = "auto") -> dict:
     """The sweep's first ``rows`` rows (4 variants each) with ``nstjax run``."""
     from nstjax import runner
 
     fig3 = _fig3()
     config = fig3.get_config("cpu").unlock()
     config.settings.size, config.settings.steps, config.batch_size = size, steps, batch_size
+    config.settings.conv_impl = conv_impl
 
     def first_rows(add):
         calls = []
@@ -79,14 +80,17 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--rows", type=int, default=5, choices=range(1, 6),
                    help="time the first ROWS rows (style-layer sets) of the five [5]")  # fmt: skip
+    p.add_argument("--conv-impl", default="auto", help="the convolution's implementation [auto]")
     p.add_argument("--mode", choices=("single", "batched"), help=argparse.SUPPRESS)
     p.add_argument("--row", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.mode == "single":
-        print(json.dumps(single(args.size, args.steps, args.row)))
+        print(json.dumps(single(args.size, args.steps, args.row, args.conv_impl)))
         return
     if args.mode == "batched":
-        print(json.dumps(batched(args.size, args.steps, args.batch_size, args.rows)))
+        print(
+            json.dumps(batched(args.size, args.steps, args.batch_size, args.rows, args.conv_impl))
+        )
         return
     out = {}
     for mode, row in [("batched", 0)] + [("single", r) for r in range(args.rows)]:
@@ -105,6 +109,8 @@ def main() -> None:
             str(row),
             "--rows",
             str(args.rows),
+            "--conv-impl",
+            args.conv_impl,
         ]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if res.returncode != 0:
