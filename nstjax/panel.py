@@ -151,7 +151,7 @@ class Panel:
             content, styles = scaled(content), [scaled(s) for s in styles]
             self.hw = tuple(content.shape[:2])
         self.blend = np.asarray(blend_weights(blend, len(styles)), np.float32)
-        self.params = jax.device_put(vgg_params)  # host arrays: no copy on CPU
+        self.params = jax.device_put(vgg_params)  # aligned host arrays: no copy on CPU
         self.key = jax.random.PRNGKey(seed)
         spec = self.spec
         per_style = [

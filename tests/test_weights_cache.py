@@ -86,3 +86,36 @@ def test_a_cached_entry_is_read_without_the_lock(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache, "locked", no_lock)
     assert cache.ensure("e", lambda: pytest.fail("built again"), directory=tmp_path)["n"] == 1
+
+
+def test_loaded_arrays_are_shared_by_device_put_not_copied(tmp_path):
+    """XLA:CPU adopts a host array only at a 64-byte boundary: every array read from the
+    cache is placed there, so that device_put (targets, engine, panel) shares its memory."""
+    import jax
+
+    rng = np.random.default_rng(0)
+    params = {f"conv{i}": {"kernel": rng.normal(size=(3, 3, i + 1, 7)).astype(np.float32),
+                           "bias": rng.normal(size=(7,)).astype(np.float32)}
+              for i in range(6)}  # fmt: skip
+    cache.store("entry", params, {"source": "test"}, directory=tmp_path)
+    loaded, _ = cache.load("entry", tmp_path)
+    for name, layer in params.items():
+        for key, want in layer.items():
+            got = loaded[name][key]
+            np.testing.assert_array_equal(got, want)
+            assert got.ctypes.data % cache.ALIGN == 0
+            assert jax.device_put(got).unsafe_buffer_pointer() == got.ctypes.data
+
+
+def test_aligned_copies_only_what_it_must():
+    buf = np.zeros(1000 + 16, np.uint8)
+    off = next(i for i in range(0, 64, 4) if (buf.ctypes.data + i) % cache.ALIGN)
+    a = buf[off : off + 400].view(np.float32).reshape(10, 10)
+    a[...] = np.arange(100, dtype=np.float32).reshape(10, 10)
+    b = cache.aligned(a)
+    assert b is not a and b.ctypes.data % cache.ALIGN == 0 and b.shape == (10, 10)
+    np.testing.assert_array_equal(b, a)
+    assert cache.aligned(b) is b
+    t = cache.aligned(np.arange(12, dtype=np.float32).reshape(3, 4).T)  # not C-contiguous
+    assert t.flags.c_contiguous and t.ctypes.data % cache.ALIGN == 0
+    np.testing.assert_array_equal(t, np.arange(12, dtype=np.float32).reshape(3, 4).T)
