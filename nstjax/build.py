@@ -16,23 +16,28 @@ same program and weights, and the same shapes of every dynamic input. Nothing li
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from nstjax import image, objective, terms, vgg
+from nstjax import objective, terms, vgg
 from nstjax.errors import UsageError
+from nstjax.inputs import (
+    ImageCache,
+    ImageLike,
+    check_init,
+    color_inputs,
+    initial_image,
+    luma,
+    region_masks,
+    upsample,
+)
 from nstjax.optimizers import OptimizerSpec
-from nstjax.settings import INITS, Settings, blend_weights
+from nstjax.settings import Settings, blend_weights
 from nstjax.weights import api as weights_api
 from nstjax.weights.preprocessing import CAFFE
-
-ImageLike = str | os.PathLike | np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,33 +139,6 @@ def start_panel_child(settings: Settings, obj, vgg_params, images: tuple):
                        *distances)  # fmt: skip
 
 
-class ImageCache:
-    """Decodes each (path, size) once (per sweep); arrays pass through."""
-
-    def __init__(self):
-        self._images: dict = {}
-
-    def get(self, img: ImageLike, long_side: int | None = None, size=None) -> np.ndarray:
-        if isinstance(img, np.ndarray):
-            return _array(img, long_side, size)
-        key = (str(img), long_side, size)
-        if key not in self._images:
-            self._images[key] = image.load(img, long_side=long_side, size=size)
-        return self._images[key]
-
-
-def _array(img: np.ndarray, long_side, size) -> np.ndarray:
-    arr = np.asarray(img, np.float32)
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise UsageError(f"image arrays must be HxWx3, got shape {arr.shape}")
-    if size is not None:
-        return image.resize(arr, *size) if arr.shape[:2] != tuple(size) else arr
-    if long_side is not None:
-        w, h = image.target_size(arr.shape[1], arr.shape[0], long_side)
-        return image.resize(arr, h, w) if (h, w) != arr.shape[:2] else arr
-    return arr
-
-
 def objective_for(settings: Settings, preprocessing) -> tuple[objective.Objective, list]:
     """The static objective of ``settings`` and the term configs it came from."""
     defaults = {
@@ -203,24 +181,6 @@ def ceil_mode(pool_rounding: str, preprocessing) -> bool:
     return pool_rounding == "ceil"
 
 
-def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequence) -> np.ndarray:
-    h, w = content_HxWx3.shape[:2]
-    if settings.init == "content":
-        return content_HxWx3.copy()
-    if settings.init == "noise":
-        key = jax.random.fold_in(jax.random.key(settings.seed), 0)
-        noise = jax.random.normal(key, (h, w, 3), jnp.float32)
-        return np.asarray(127.5 + settings.init_noise * noise, np.float32)
-    if settings.init == "arbitrary":  # the fast network's output (Ghiasi et al. 2017)
-        from nstjax.arbitrary import run  # noqa: PLC0415
-
-        blend = blend_weights(settings.style_blend, len(styles))
-        return run.stylize_pixels(content_HxWx3, styles, 1.0, blend)[0].astype(np.float32)
-    if settings.init == "style":
-        return _array(np.asarray(styles[0]), None, (h, w))
-    return image.load(Path(settings.init), size=(h, w))
-
-
 def program_for(settings: Settings, obj, hw: tuple[int, int] | None = None) -> Program:
     """The static program of a run. Tiles only where the image (``hw``; None: not yet
     known, as when a sweep groups its variants) exceeds one tile."""
@@ -234,61 +194,6 @@ def program_for(settings: Settings, obj, hw: tuple[int, int] | None = None) -> P
                    settings.loop, tile)  # fmt: skip
 
 
-def upsample(image_HxWxC: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """A pyramid level's result brought to the next level's size (bicubic)."""
-    x = jnp.asarray(image_HxWxC, jnp.float32)
-    return np.asarray(jax.image.resize(x, (*hw, x.shape[-1]), "cubic"), np.float32)
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    from nstjax import color  # noqa: PLC0415
-
-    return color.rgb_to_yiq(rgb)[..., :1].astype(np.float32)
-
-
-def _color(settings: Settings, content_img, style_imgs):
-    """Colour control (Gatys et al. 2017, Sec. 5). ``histogram``: each style image
-    recoloured to the content's colour mean and covariance. ``luminance``: content and
-    styles become grey (Y, Y, Y) images of their luminance, the styles' matched to the
-    content's mean and std; returns the content's RGB for the final recombination."""
-    from nstjax import color  # noqa: PLC0415
-
-    if settings.preserve_color == "histogram":
-        styles = [
-            color.match_histogram(s, content_img, settings.color_transfer) for s in style_imgs
-        ]
-        return content_img, styles, None
-    content_y, styles_y = color.luminance_inputs(content_img, style_imgs)
-    grey = [np.repeat(y, 3, axis=-1).astype(np.float32) for y in (content_y, *styles_y)]
-    return grey[0], grey[1:], np.asarray(content_img, np.float32)
-
-
-def _masks(settings: Settings, content_img, style_imgs, masks, style_masks):
-    """Region masks of the content (HxW {0,1}) and each style image's own (or None)."""
-    from nstjax import masks as masks_lib  # noqa: PLC0415
-
-    hw = content_img.shape[:2]
-    if masks is not None:
-        region = [masks_lib.from_array(m, hw) for m in masks]
-    elif settings.masks:
-        region = [masks_lib.load(m, hw) for m in settings.masks]
-    else:
-        return None, None
-    given = list(style_masks) if style_masks is not None else list(settings.style_masks)
-    if given and len(given) != len(style_imgs):
-        raise UsageError(f"got {len(given)} style masks for {len(style_imgs)} style images "
-                         "(use '-' for a style image without one)")  # fmt: skip
-    style_region = []
-    for img, m in zip(style_imgs, given or [None] * len(style_imgs), strict=True):
-        if m is None or (isinstance(m, str) and m in ("", "-")):
-            style_region.append(None)
-        elif isinstance(m, str):
-            style_region.append(masks_lib.load(m, img.shape[:2]))
-        else:
-            style_region.append(masks_lib.from_array(m, img.shape[:2]))
-    return region, style_region
-
-
 def check_size(obj: objective.Objective, hw: tuple[int, int], what: str, side: int) -> None:
     """Every layer the objective reads must have at least one position."""
     deepest = max(obj.layers, key=lambda name: vgg.LAYER_INDEX[name])
@@ -299,13 +204,6 @@ def check_size(obj: objective.Objective, hw: tuple[int, int], what: str, side: i
             f"the {what} is {hw[1]}x{hw[0]} pixels (size {side}): too small for layer "
             f"{deepest}, which needs a short side of at least {need} pixels with floor "
             "pooling; use a larger --size or --pool-rounding ceil"
-        )
-
-
-def check_init(settings: Settings) -> None:
-    if settings.init not in INITS and not Path(settings.init).is_file():
-        raise UsageError(
-            f"--init must be one of {INITS} or an image file; {settings.init!r} is neither"
         )
 
 
@@ -341,7 +239,7 @@ def build_job(
     loaded = (content_img, list(style_imgs), list(blend))
     content_rgb = None
     if settings.preserve_color != "none":
-        content_img, style_imgs, content_rgb = _color(settings, content_img, style_imgs)
+        content_img, style_imgs, content_rgb = color_inputs(settings, content_img, style_imgs)
     obj, configs = objective_for(settings, weights.preprocessing)
     check_size(obj, content_img.shape[:2], "content image", settings.size)
     program = program_for(settings, obj, content_img.shape[:2])  # refuses before any work
@@ -352,7 +250,7 @@ def build_job(
     program = dataclasses.replace(program, objective=obj)
     for s_img in style_imgs:
         check_size(obj, s_img.shape[:2], "style image", style_side)
-    region, style_region = _masks(settings, content_img, style_imgs, masks, style_masks)
+    region, style_region = region_masks(settings, content_img, style_imgs, masks, style_masks)
     if region is not None and len(region) != len(styles):
         raise UsageError(f"spatial control pairs style image r with mask r: got "
                          f"{len(styles)} style images and {len(region)} masks")  # fmt: skip
@@ -388,7 +286,7 @@ def build_job(
     elif init is None:
         init = initial_image(settings, content_img, style_imgs)
         if content_rgb is not None:  # luminance-only: optimize one channel
-            init = init[..., :1] if settings.init != "arbitrary" else _luma(init)
+            init = init[..., :1] if settings.init != "arbitrary" else luma(init)
         if cacheable:
             caches[ikey] = init
     loss_weights = objective.make_weights(

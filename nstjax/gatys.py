@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from nstjax import atomic, build, engine, image, malloc, monitor, writers
-from nstjax.build import ImageLike, Job
+from nstjax.build import Job
 from nstjax.errors import NstError, UsageError
+from nstjax.inputs import ImageLike
 from nstjax.optim import resolve_loop
 from nstjax.settings import Settings
 from nstjax.weights import api as weights_api

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from nstjax import build, engine
+from nstjax import build, engine, inputs
 from nstjax.errors import NstError
 from nstjax.settings import Settings
 from nstjax.weights import api as weights_api
@@ -29,7 +29,7 @@ def run(
     styles: Sequence,
     weights: weights_api.Weights,
     on_chunk: Callable | None = None,
-    images: build.ImageCache | None = None,
+    images: inputs.ImageCache | None = None,
     stop_on_nonfinite: bool = True,
     **job_kwargs,
 ):
@@ -38,7 +38,7 @@ def run(
     ``on_chunk(job, level, step, records_KxN, state)`` is called after every chunk.
     The metrics' per-step lists run over all levels (``levels`` says where each starts).
     """
-    images = images or build.ImageCache()
+    images = images or inputs.ImageCache()
     raw, outcome, history = None, None, []
     levels, t0 = [], time.perf_counter()
     all_levels = settings.levels()

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from nstjax import atomic, build, engine, image, monitor, sweep, writers
+from nstjax import atomic, build, engine, image, inputs, monitor, sweep, writers
 from nstjax.arbitrary import batch as arbitrary_batch
 from nstjax.claims import STALE_AFTER, Claims
 from nstjax.errors import UsageError
@@ -227,7 +227,7 @@ class _PyramidVariant:
 def _build_jobs(todo: list[sweep.Variant]) -> list:
     """One job per variant; targets and inits once per distinct images and objective."""
     weights: dict = {}
-    images = build.ImageCache()
+    images = inputs.ImageCache()
     caches: dict = {}
     jobs = []
     for v in todo:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import nstjax
-from nstjax import build, color, image
+from nstjax import build, color, image, inputs
 
 
 def _pair(images):
@@ -38,7 +38,7 @@ def test_histogram_matching_recolours_the_style(images, real_weights):
     style = image.load(s, long_side=64)
     for transfer in ("cholesky", "sym", "pca"):
         settings = nstjax.Settings(size=64, preserve_color="histogram", color_transfer=transfer)
-        _, (styled,), _ = build._color(settings, content, [style])
+        _, (styled,), _ = inputs.color_inputs(settings, content, [style])
         px, pc = styled.reshape(-1, 3).astype(np.float64), content.reshape(-1, 3).astype(float)
         np.testing.assert_allclose(px.mean(0), pc.mean(0), rtol=1e-3)
         np.testing.assert_allclose(

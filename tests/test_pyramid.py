@@ -27,10 +27,10 @@ def test_pyramid_runs_level_by_level(images, real_weights, tmp_path):
 
 
 def test_upsample_carries_the_image():
-    from nstjax import build
+    from nstjax import inputs
 
     x = np.random.default_rng(0).uniform(0, 255, (12, 16, 1)).astype(np.float32)
-    up = build.upsample(x, (24, 32))
+    up = inputs.upsample(x, (24, 32))
     assert up.shape == (24, 32, 1)
     block_means = up[..., 0].reshape(12, 2, 16, 2).mean(axis=(1, 3))
     corr = np.corrcoef(block_means.ravel(), x[..., 0].ravel())[0, 1]

@@ -18,7 +18,7 @@ import numpy as np
 from nstjax import aot
 from nstjax.arbitrary import api
 from nstjax.arbitrary import weights as arbitrary_weights
-from nstjax.build import ImageCache, ImageLike
+from nstjax.inputs import ImageCache, ImageLike
 from nstjax.settings import Settings, blend_weights
 
 
