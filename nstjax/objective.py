@@ -170,7 +170,10 @@ def needs_blend(obj: Objective) -> bool:
 
 
 def _features(obj: Objective, vgg_params, pixels_BxHxWx3, layers):
-    return vgg.features(
+    # Flax on first trace only: a warm run reads its programs whole and never needs it
+    from nstjax import vgg_net  # noqa: PLC0415
+
+    return vgg_net.features(
         vgg_params,
         obj.preprocessing.to_network(pixels_BxHxWx3),
         layers,

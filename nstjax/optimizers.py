@@ -3,20 +3,22 @@
 Each optimizer turns the gradient into a *descent direction*; the step subtracts
 ``lr * direction`` with ``lr`` a dynamic argument, so a learning-rate sweep never
 recompiles. This module holds no compiled loop (that is :mod:`nstjax.optim`), so the
-settings schema can import it.
+settings schema can import it; optax is imported when an optimizer is first built.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from nstjax import lbfgs
 from nstjax.errors import UsageError
+
+if TYPE_CHECKING:
+    import optax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,8 @@ class OptimizerSpec:
 
 
 def _adam(spec: OptimizerSpec) -> optax.GradientTransformation:
+    import optax  # noqa: PLC0415  (optax and lbfgs on first use: the settings import this)
+
     return optax.scale_by_adam(b1=spec.b1, b2=spec.b2, eps=spec.eps)
 
 
@@ -52,6 +56,10 @@ def _lbfgs(spec: OptimizerSpec) -> optax.GradientTransformation:
     conditions, at most n extra evaluations of the loss and gradient per step), whose
     updates already carry the step size: the negated update is the direction, so the
     step's ``lr`` should stay 1. Each step then decreases the loss (or stays put)."""
+    import optax  # noqa: PLC0415
+
+    from nstjax import lbfgs  # noqa: PLC0415
+
     if spec.line_search:
         return optax.lbfgs(
             learning_rate=None,

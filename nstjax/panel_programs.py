@@ -102,8 +102,12 @@ def make_spec(
 @functools.partial(aot.Jit, static_argnums=(0, 3))
 def forward(spec: Spec, params, pixels_1xHxWx3, layers: tuple[str, ...]):
     """One VGG forward: ``{layer: 1 x H' x W' x C}`` for ``layers``."""
+    from nstjax import vgg_net  # noqa: PLC0415  (Flax on first trace only)
+
     x = spec.preprocessing.to_network(pixels_1xHxWx3)
-    return vgg.features(params, x, layers, spec.pooling, conv_impl="xla", ceil_mode=spec.ceil_mode)
+    return vgg_net.features(
+        params, x, layers, spec.pooling, conv_impl="xla", ceil_mode=spec.ceil_mode
+    )
 
 
 ONE_OFF_OPTIONS = {"xla_backend_optimization_level": 1, **xla_flags.one_off_compiler_options()}

@@ -90,7 +90,8 @@ def test_init_arbitrary_starts_from_the_fast_networks_output(images, real_weight
 
 def test_a_warm_command_reads_both_programs_whole(base, tmp_path, monkeypatch):
     """The fast network's programs go through nstjax's store of whole executables: a
-    second command compiles and traces nothing, and draws the same image."""
+    second command compiles and traces nothing, does not even import Flax, and draws
+    the same image."""
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
@@ -99,8 +100,11 @@ def test_a_warm_command_reads_both_programs_whole(base, tmp_path, monkeypatch):
     for name in ("cold", "warm"):
         cmd = [*base[:-4], "--output", str(tmp_path / f"{name}.png"), "--size", "64"]
         cmd += ["--metrics", str(tmp_path / f"{name}.json"), "--quiet"]
-        subprocess.run([sys.executable, "-m", "nstjax", *cmd], check=True, capture_output=True)
+        res = subprocess.run([sys.executable, "-X", "importtime", "-m", "nstjax", *cmd],
+                             check=True, capture_output=True, text=True)  # fmt: skip
         runs.append(json.loads((tmp_path / f"{name}.json").read_text())["compiles"])
+        imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines()}
+        assert ("flax" in imported) == (name == "cold"), name
     cold, warm = runs
     assert cold["compiled"] >= 2 and cold["whole_executables"] == 0
     # the style predictor's and the transformer's programs, neither traced

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nstjax import conv, vgg, winograd
+from nstjax import conv, vgg, vgg_net, winograd
 
 TOLERANCE = {
     "xla": 1e-5,
@@ -220,9 +220,9 @@ def test_prepare_params_transforms_exactly_the_winograd_layers():
     )
     # Features agree with XLA's convolution, with and without the prepared kernels.
     x = jax.random.uniform(jax.random.PRNGKey(1), (1, 64, 48, 3)) * 255
-    ref = vgg.features(params, x, layers, conv_impl="xla")
+    ref = vgg_net.features(params, x, layers, conv_impl="xla")
     prep = vgg.prepare_params(params, x.shape, layers, "winograd4")
     for p in (prep, params):
-        out = jax.jit(lambda p_, x_: vgg.features(p_, x_, layers, conv_impl="winograd4"))(p, x)
+        out = jax.jit(lambda p_, x_: vgg_net.features(p_, x_, layers, conv_impl="winograd4"))(p, x)
         for k in layers:
             assert relative_error(out[k], np.asarray(ref[k], np.float64)) < 5e-5

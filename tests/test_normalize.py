@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nstjax import vgg
+from nstjax import vgg, vgg_net
 from nstjax.weights import api, cache, normalize, preprocessing, sources
 
 SIZE = 64
@@ -39,7 +39,7 @@ def result(real_weights, pixels):
 
 def _features(params, img, layers, pooling="max", ceil_mode=True):
     x = preprocessing.CAFFE.to_network(jnp.asarray(img)[None])
-    feats = vgg.features(params, x, layers, pooling=pooling, ceil_mode=ceil_mode)
+    feats = vgg_net.features(params, x, layers, pooling=pooling, ceil_mode=ceil_mode)
     return {k: np.asarray(v[0], np.float64) for k, v in feats.items()}
 
 

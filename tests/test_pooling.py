@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nstjax import conv, vgg
+from nstjax import conv, vgg, vgg_net
 
 
 def caffe_out(n: int) -> int:
@@ -109,7 +109,7 @@ def test_feature_hw_matches_the_network_in_both_modes(tiny_params):
         x = jnp.zeros((1, h, w, 3), jnp.float32)
         for ceil_mode in (False, True):
             feats = jax.eval_shape(
-                lambda x_, c=ceil_mode: vgg.features(tiny_params, x_, layers, ceil_mode=c), x
+                lambda x_, c=ceil_mode: vgg_net.features(tiny_params, x_, layers, ceil_mode=c), x
             )
             for layer in layers:
                 assert feats[layer].shape[1:3] == vgg.feature_hw(layer, h, w, ceil_mode), (
@@ -127,7 +127,7 @@ def test_feature_hw_matches_the_network_in_both_modes(tiny_params):
 def test_vgg_ceil_mode_equals_reference_pooling_composed(tiny_params, kind):
     """The network with ceil_mode pools each block's output as the reference does."""
     x = np.random.default_rng(1).normal(size=(1, 13, 11, 3)).astype(np.float32) * 50
-    f = vgg.features(tiny_params, jnp.asarray(x), ("relu2_2", "pool2"), kind, ceil_mode=True)
+    f = vgg_net.features(tiny_params, jnp.asarray(x), ("relu2_2", "pool2"), kind, ceil_mode=True)
     np.testing.assert_allclose(
         np.asarray(f["pool2"]), pool_ref(f["relu2_2"], kind, True), rtol=1e-6, atol=1e-6
     )

@@ -55,3 +55,16 @@ def test_steps_reuse_one_scratch_buffer():
 def test_async_dispatch_opt_out():
     asynchronous, _, _ = _loop(NSTJAX_ASYNC_DISPATCH="1")
     assert asynchronous == "True"
+
+
+def test_the_entry_points_import_neither_flax_nor_optax():
+    """Flax (the VGG and fast network modules) and optax (the optimizers) are imported
+    when a program is first traced, not by the CLI, the settings or the run modules: a
+    warm command reads its programs whole and never needs them (0.25-0.3 s)."""
+    code = (
+        "import sys, nstjax.cli, nstjax.settings, nstjax.gatys, nstjax.runner, "
+        "nstjax.arbitrary.batch\n"
+        "print(sorted(m for m in ('flax', 'optax') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -29,7 +29,6 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from nstjax.arbitrary import nets
 from nstjax.errors import UsageError
 
 STYLE_SIZE = 256
@@ -80,6 +79,8 @@ def style_vector(
     The images are first passed through :func:`prepare_style` (256 square by
     default); the predictor itself accepts any size.
     """
+    from nstjax.arbitrary import nets  # noqa: PLC0415  (Flax only when tracing)
+
     images = prepare_style(style_BxHxWx3, style_size)
     return nets.StylePredictor().apply(_variables(params, "predict"), images)
 
@@ -90,6 +91,8 @@ def transfer(params: Mapping, content_BxHxWx3: jax.Array, style_vec_Bx100: jax.A
     ``style_vec_Bx100`` is (B, 100), or (100,) / (1, 100) for the same style on
     every image. Returns (B, H, W, 3) in [0, 1], the content's own size.
     """
+    from nstjax.arbitrary import nets  # noqa: PLC0415  (Flax only when tracing)
+
     content = _batch(content_BxHxWx3, "content images")
     b, h, w, _ = content.shape
     if min(h, w) < MIN_SIDE:
