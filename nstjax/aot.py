@@ -28,7 +28,9 @@ loader; files are written atomically. Programs with LAPACK custom calls (``eigh`
 routines (reloading one crashed the process with jax 0.10.2 on CPU), so :func:`load`
 fills it first (:func:`_lapack_ready`). Not kept: programs with any other custom call
 (a Python callback cannot be reloaded) and executables that JAX's cache handed back (see
-:func:`_compile_and_store`).
+:func:`_compile_and_store`); so that a :class:`Jit` program does not stay in that state
+after nstjax's source changes (an upgrade), its name, which starts JAX's own cache key,
+carries the source fingerprint: the new source misses JAX's cache once and is kept whole.
 Like JAX's cache, the directory holds machine code and must be trusted: keep it private
 to the user (it is created 0o700 here).
 """
@@ -349,8 +351,33 @@ class Jit:
             fun, static_argnums=self.static, compiler_options=self.options or None, **jit_kwargs
         )
         self.name = f"{fun.__module__}.{getattr(fun, '__qualname__', fun)}"
+        self._jit_kwargs = jit_kwargs
+        self._tagged = None
         self._loaded: dict[str, jax.stages.Compiled] = {}
         functools.update_wrapper(self, fun)
+
+    def _lower(self, args):
+        """``jitted.lower(*args)``, with nstjax's source fingerprint in the program's
+        name. JAX's cache key starts with that name, so when nstjax's source changes (an
+        upgrade) the program misses JAX's cache and compiles for real, and can then be
+        kept whole: an executable that JAX's cache hands back cannot be (see
+        :func:`_compile_and_store`), so the program would otherwise be traced and looked
+        up in JAX's cache by every later run (1.7 s of a warm fast-network command)."""
+        if self._tagged is None:
+            fun = self.fun
+
+            @functools.wraps(fun)
+            def tagged(*a):
+                return fun(*a)
+
+            tagged.__name__ = f"{getattr(fun, '__name__', 'fun')}_{source_fingerprint()[:12]}"
+            self._tagged = jax.jit(
+                tagged,
+                static_argnums=self.static,
+                compiler_options=self.options or None,
+                **self._jit_kwargs,
+            )
+        return self._tagged.lower(*args)
 
     def __call__(self, *args):
         if directory() is None:
@@ -365,7 +392,7 @@ class Jit:
             compiled = load(k, dynamics)
             if compiled is None:
                 compiled = _compile_and_store(
-                    k, lambda: self.jitted.lower(*args).compile(self.options or None)
+                    k, lambda: self._lower(args).compile(self.options or None)
                 )
             self._loaded[k] = compiled
         return compiled(*dynamics)
@@ -381,7 +408,7 @@ class Jit:
         if k is None:
             return False
         if not known(k):
-            _compile_and_store(k, lambda: self.jitted.lower(*args).compile(self.options or None))
+            _compile_and_store(k, lambda: self._lower(args).compile(self.options or None))
         return known(k)
 
 

@@ -230,3 +230,37 @@ def test_a_child_nobody_waited_for_is_killed_at_exit():
                          check=True, timeout=60)  # fmt: skip
     pid = int(out.stdout.split()[-1])
     assert not os.path.exists(f"/proc/{pid}")  # gone (importing JAX alone takes longer)
+
+
+UPGRADE = """
+import shutil, sys
+import nstjax
+nstjax.setup()
+import jax, jax.numpy as jnp
+from nstjax import aot, monitor
+if sys.argv[1] == "upgraded":
+    shutil.rmtree(aot.directory())  # an upgrade: every key of the store is new ...
+if sys.argv[1] != "first":
+    aot.source_fingerprint = lambda: "f" * 64  # ... since nstjax's source is
+def f(x, n):
+    return jnp.sin(x) * n
+with monitor.count_compiles() as c:
+    y = aot.Jit(f, static_argnums=(1,))(jax.device_put(jnp.ones(8)), 3)
+print(c.count, c.aot_hits, len(list(aot.directory().glob("*.bin"))), float(y[0]))
+"""
+
+
+def test_after_an_upgrade_a_program_compiles_for_real_and_is_kept_whole(tmp_path):
+    """The program's name carries nstjax's source fingerprint: after an upgrade JAX's
+    cache misses, so the program really compiles and is stored whole, instead of being
+    handed back by JAX's cache (which cannot be stored) at every later run."""
+    env = dict(os.environ, NSTJAX_COMPILE_CACHE=str(tmp_path / "xla"))
+    outs = []
+    for phase in ("first", "upgraded", "again"):
+        res = subprocess.run([sys.executable, "-c", UPGRADE, phase], env=env, check=True,
+                             capture_output=True, text=True)  # fmt: skip
+        outs.append(res.stdout.split())
+    (compiled1, _, stored1, y1), (compiled2, _, stored2, y2), (compiled3, whole3, _, y3) = outs
+    assert int(compiled1) >= 1 and stored1 == "1"
+    assert int(compiled2) >= 1 and stored2 == "1"  # JAX's cache did not serve f
+    assert compiled3 == "0" and whole3 == "1" and y1 == y2 == y3  # read back whole
