@@ -16,8 +16,8 @@ import importlib
 
 _EXPORTS = {
     "LAYERS": "nstjax.vgg",
-    "VGG19": "nstjax.vgg",
-    "features": "nstjax.vgg",
+    "VGG19": "nstjax.vgg_net",
+    "features": "nstjax.vgg_net",
     "Job": "nstjax.build",
     "build_job": "nstjax.build",
     "NstError": "nstjax.errors",

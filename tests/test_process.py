@@ -68,3 +68,17 @@ def test_the_entry_points_import_neither_flax_nor_optax():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_public_name_resolves():
+    """``nstjax.<name>`` for every name of ``nstjax.__all__`` (the package's lazy exports
+    follow the modules they live in)."""
+    import nstjax
+
+    missing = []
+    for name in nstjax.__all__:
+        try:
+            getattr(nstjax, name)
+        except (AttributeError, ImportError) as e:
+            missing.append(f"{name}: {e}")
+    assert not missing and len(nstjax.__all__) >= 16

@@ -78,7 +78,7 @@ def test_torchvision_legacy_file(torchvision_file, vgg_oihw):
 def test_kernel_layout_against_numpy_convolution(torchvision_file, vgg_oihw):
     import jax.numpy as jnp
 
-    from nstjax.vgg import features
+    from nstjax.vgg_net import features
 
     params, _ = formats.load(torchvision_file, "torchvision")
     x = np.random.default_rng(1).standard_normal((1, 8, 8, 3), dtype=np.float32)
