@@ -21,9 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nstjax import monitor, optim, optimizers, vgg
+from nstjax import aot, monitor, optim, optimizers, vgg
 from nstjax.build import Job
 from nstjax.errors import NstError
+
+# The optimizer's initial state, read back whole on a warm run: not traced, so optax is
+# not even imported (nstjax.aot).
+init_states_jit = aot.Jit(optimizers.init_states, static_argnums=(0,))
 
 
 @dataclasses.dataclass
@@ -118,7 +122,7 @@ def run_group(
         batch = batch + [batch[-1]] * (size - real)
         init_R = jax.device_put(np.stack([j.init_1xHxWx3 for j in batch]), runs_sharding)
         keys_R = jax.device_put(np.stack([j.key for j in batch]), runs_sharding)
-        state = optimizers.init_states_jit(p.opt, init_R, keys_R)
+        state = init_states_jit(p.opt, init_R, keys_R)
         if prepared is None:  # Winograd kernel transforms, once per group
             # device_put of host arrays: no copy on CPU (64-byte aligned: cache.aligned)
             vgg_params = jax.device_put(jobs[0].vgg_params, replicated)
@@ -257,9 +261,7 @@ def single_runner(job: Job, chunk_size: int | None = None, loop: str | None = No
     themselves: ``state, records = runner(state, n, ctx)``."""
     p = job.program
     obj = p.objective
-    state = optimizers.init_states_jit(
-        p.opt, jnp.asarray(job.init_1xHxWx3[None]), jnp.asarray(job.key[None])
-    )
+    state = init_states_jit(p.opt, jnp.asarray(job.init_1xHxWx3[None]), jnp.asarray(job.key[None]))
     prepared = vgg.prepare_params_jit(
         jax.device_put(job.vgg_params),
         conv_shape(p, job.init_1xHxWx3.shape),

@@ -102,6 +102,3 @@ def init_state(opt: OptimizerSpec, image_BxHxWx3: jax.Array, key: jax.Array) -> 
 def init_states(opt: OptimizerSpec, images_RxBxHxWx3: jax.Array, keys_Rx2: jax.Array) -> dict:
     """:func:`init_state` for a leading runs axis (sharding follows the input's)."""
     return jax.vmap(lambda im, k: init_state(opt, im, k))(images_RxBxHxWx3, keys_Rx2)
-
-
-init_states_jit = jax.jit(init_states, static_argnums=(0,))
