@@ -347,23 +347,21 @@ class Jit:
         self.fun = fun
         self.static = tuple(static_argnums)
         self.options = dict(compiler_options or {})
-        self.jitted = jax.jit(
-            fun, static_argnums=self.static, compiler_options=self.options or None, **jit_kwargs
-        )
         self.name = f"{fun.__module__}.{getattr(fun, '__qualname__', fun)}"
         self._jit_kwargs = jit_kwargs
-        self._tagged = None
+        self._jitted = None
         self._loaded: dict[str, jax.stages.Compiled] = {}
         functools.update_wrapper(self, fun)
 
-    def _lower(self, args):
-        """``jitted.lower(*args)``, with nstjax's source fingerprint in the program's
-        name. JAX's cache key starts with that name, so when nstjax's source changes (an
-        upgrade) the program misses JAX's cache and compiles for real, and can then be
-        kept whole: an executable that JAX's cache hands back cannot be (see
+    @property
+    def jitted(self):
+        """``jax.jit(fun, ...)``, made on first use with nstjax's source fingerprint in the
+        program's name. JAX's cache key starts with that name, so when nstjax's source
+        changes (an upgrade) the program misses JAX's cache and compiles for real, and can
+        then be kept whole: an executable that JAX's cache hands back cannot be (see
         :func:`_compile_and_store`), so the program would otherwise be traced and looked
         up in JAX's cache by every later run (1.7 s of a warm fast-network command)."""
-        if self._tagged is None:
+        if self._jitted is None:
             fun = self.fun
 
             @functools.wraps(fun)
@@ -371,13 +369,13 @@ class Jit:
                 return fun(*a)
 
             tagged.__name__ = f"{getattr(fun, '__name__', 'fun')}_{source_fingerprint()[:12]}"
-            self._tagged = jax.jit(
+            self._jitted = jax.jit(
                 tagged,
                 static_argnums=self.static,
                 compiler_options=self.options or None,
                 **self._jit_kwargs,
             )
-        return self._tagged.lower(*args)
+        return self._jitted
 
     def __call__(self, *args):
         if directory() is None:
@@ -392,7 +390,7 @@ class Jit:
             compiled = load(k, dynamics)
             if compiled is None:
                 compiled = _compile_and_store(
-                    k, lambda: self._lower(args).compile(self.options or None)
+                    k, lambda: self.jitted.lower(*args).compile(self.options or None)
                 )
             self._loaded[k] = compiled
         return compiled(*dynamics)
@@ -408,7 +406,7 @@ class Jit:
         if k is None:
             return False
         if not known(k):
-            _compile_and_store(k, lambda: self._lower(args).compile(self.options or None))
+            _compile_and_store(k, lambda: self.jitted.lower(*args).compile(self.options or None))
         return known(k)
 
 
