@@ -1,12 +1,14 @@
 """Which XLA GPU autotuning setting to run with: compile seconds against step seconds.
 
     python benchmarks/gpu_autotune_probe.py --out probe.json --pick best_flags.txt
-    python benchmarks/gpu_autotune_probe.py --settings level1 no_triton_gemm --size 256
+    python benchmarks/gpu_autotune_probe.py --settings level0_winograd4 level0_xla --size 256
 
 On the H200 lent on 2026-12-04 (jax 0.11.2), XLA's default autotuning (level 4: every
 convolution and GEMM fusion timed, with buffer initialization and a correctness check of
-each candidate) kept a 512 px Gatys step compiling for over 100 s, while
-``--xla_gpu_autotune_level=0`` compiled it in about 5 s but ran it 6-8x slower. This
+each candidate) kept a 512 px Gatys step compiling for over 95 s, while
+``--xla_gpu_autotune_level=0`` compiled it in about 6 s but ran it 29x slower than
+Winograd F(2x2) without autotuning (13 s, 0.028 s a step): nstjax's GPU defaults since
+(README, "GPU").This
 script compiles and runs the same 512 px step (benchmarks/gatys_speed.py: L-BFGS, a few
 untimed steps, then timed ones) once per setting in ``SETTINGS`` (XLA flags and the
 convolution's implementation), each in a fresh process
@@ -32,24 +34,26 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 
-# name: (XLA_FLAGS added for that setting, --conv-impl), in the order they run. On the
-# H200 (2026-12-04) the first three each kept the 512 px step compiling past 95 s, so the
-# cost is cuDNN's convolution autotuning itself, not its checks nor Triton's GEMMs; the
-# Winograd settings replace the convolutions by batched GEMMs (cuBLAS), whose heuristics
-# need no autotuning.
+# name: (XLA_FLAGS added for that setting, --conv-impl), in the order they run. Each names
+# its autotuning level, as nstjax.setup() adds --xla_gpu_autotune_level=0 when none is
+# named. H200, 2026-12-04, 512 px: level0_winograd2 (nstjax's default) 13.0 s + 0.0281 s a
+# step, level0_winograd4 16.1 s + 0.0266 s, level0_xla 6.3 s + 0.791 s; winograd4 autotuned
+# and XLA's convolution autotuned (also at level 1 and without Triton GEMMs) over 90 s.
 SETTINGS = {
-    "winograd4_level0": ("--xla_gpu_autotune_level=0", "winograd4"),
-    "winograd4": ("", "winograd4"),
-    "winograd2_level0": ("--xla_gpu_autotune_level=0", "winograd2"),
-    "level1": ("--xla_gpu_autotune_level=1", "auto"),
-    "no_triton_gemm": ("--xla_gpu_enable_triton_gemm=false", "auto"),
-    "level1_no_triton_gemm": (
+    "level0_winograd2": ("--xla_gpu_autotune_level=0", "winograd2"),
+    "autotuned_winograd2": ("--xla_gpu_autotune_level=4", "winograd2"),
+    "level0_winograd4": ("--xla_gpu_autotune_level=0", "winograd4"),
+    "autotuned_winograd4": ("--xla_gpu_autotune_level=4", "winograd4"),
+    "level0_xla": ("--xla_gpu_autotune_level=0", "xla"),
+    "autotuned_xla": ("--xla_gpu_autotune_level=4", "xla"),
+    "level1_xla": ("--xla_gpu_autotune_level=1", "xla"),
+    "level1_xla_no_triton_gemm": (
         "--xla_gpu_autotune_level=1 --xla_gpu_enable_triton_gemm=false",
-        "auto",
+        "xla",
     ),
-    "default": ("", "auto"),
-    "level0": ("--xla_gpu_autotune_level=0", "auto"),
 }
+# --settings' default: the default and the one not yet measured
+DEFAULT_SETTINGS = ["level0_winograd2", "autotuned_winograd2"]
 
 
 def probe(name: str, size: int, steps: int, limit: float, cache: Path) -> dict:
@@ -83,7 +87,7 @@ def probe(name: str, size: int, steps: int, limit: float, cache: Path) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS)[:3])
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=DEFAULT_SETTINGS)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--limit", type=float, default=90.0, help="seconds per setting")

@@ -74,10 +74,9 @@ PLAN = {
         "dry": {"size": 32, "steps": 2, "batch_size": 20, "rows": 2},
     },
 }
-# On the H200 lent on 2026-12-04 (jax 0.11.2), XLA's autotuning made the first compile of
-# the fast network at 1024 take 43 s and that of a 512 px step over 100 s (both cached after:
-# the per-fusion autotune cache sits in the compile cache); without autotuning
-# (--xla_gpu_autotune_level=0) they compiled in 4-5 s but ran 6-8x slower.
+# On the H200 lent on 2026-12-04 (jax 0.11.2), with nstjax's GPU defaults (Winograd F(2x2),
+# --xla_gpu_autotune_level=0) the parts took: step 52 s, memory 85 s, the batched sweep
+# 137-158 s (then 18-19 s per one-at-a-time run), arbitrary 16 s.
 TIMEOUTS = {"env": 60, "step": 200, "arbitrary": 120, "memory": 120, "sweep": 200}
 
 

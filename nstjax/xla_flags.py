@@ -1,4 +1,4 @@
-"""Default XLA settings for the CPU backend: process flags at import, per-program options.
+"""Default XLA settings: process flags at start-up, per-program options.
 
 Routing XLA:CPU's matrix products through YNNPACK
 (``--xla_cpu_experimental_ynn_fusion_type=dot``) makes the fast arbitrary-style network
@@ -15,8 +15,22 @@ On the 2-core AVX-512 EPYC (with the Kronecker-product Winograd transforms of
 0.141-0.150 s with YNNPACK against 0.156-0.162 s without at 256x192, and 0.608-0.627
 against 0.616-0.641 s at 512x384 (alternated processes, 2 rounds). So the step program is
 compiled with :func:`step_compiler_options`, which switches YNNPACK off for that program
-only, and only on CPUs without AVX-512. Opt out of both with ``NSTJAX_XLA_DEFAULTS=0``;
-older jaxlib versions, which may not know the flag, are skipped.
+only, and only on CPUs without AVX-512.
+
+On GPU, XLA times every candidate cuDNN algorithm for each new convolution and every
+Triton tiling for each new matrix product. On an NVIDIA H200 (jax 0.11.2,
+``benchmarks/gpu_autotune_probe.py``, fresh processes, empty caches) that kept the 512x512
+Gatys step compiling for over 95 s with XLA's convolution, with or without Triton or
+autotuning's checks, and for over 90 s with F(4x4) Winograd; with
+``--xla_gpu_autotune_level=0`` the F(2x2) step (``auto``'s GPU policy,
+:mod:`nstjax.conv`) compiled in 13 s and ran in 0.028 s. The fast network at 1024x1024
+pays the other way round: its first call took 5-6 s without autotuning against 43 s with
+it, then 50-60 ms an image against 7.7 ms, so autotuning pays from ~600 images a process
+(or once its programs are in the compile cache): name any level in ``XLA_FLAGS``, e.g.
+``--xla_gpu_autotune_level=4``, to keep it. The flag is inert on CPU.
+
+Opt out of all of these with ``NSTJAX_XLA_DEFAULTS=0``; older jaxlib versions, which may
+not know the flags, are skipped.
 """
 
 from __future__ import annotations
@@ -27,6 +41,8 @@ import platform
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 CPU_FLAGS = (f"{YNN_FLAG}=dot",)
+GPU_FLAGS = ("--xla_gpu_autotune_level=0",)
+DEFAULT_FLAGS = CPU_FLAGS + GPU_FLAGS
 MIN_JAXLIB = (0, 10)
 
 
@@ -44,7 +60,8 @@ def apply(environ=os.environ) -> list[str]:
     if not _enabled(environ):
         return []
     current = environ.get("XLA_FLAGS", "")
-    added = [f for f in CPU_FLAGS if f.split("=")[0] not in current]
+    named = {f.split("=")[0] for f in current.split()}
+    added = [f for f in DEFAULT_FLAGS if f.split("=")[0] not in named]
     if added:
         environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return added

@@ -191,6 +191,17 @@ def test_auto_policy_picks_winograd_where_it_pays_on_cpu():
         conv.tile_size("fft", 8, 8, 16, 16)
 
 
+def test_auto_policy_on_gpu_is_f2x2_at_every_size_and_xla_on_tpu(monkeypatch):
+    # H200 measurements (conv._auto's docstring): F(2x2) at 512 and 1024 px, not the RGB layer
+    monkeypatch.setattr(conv.jax, "default_backend", lambda: "gpu")
+    assert conv.tile_size("auto", 512, 512, 64, 64) == 2
+    assert conv.tile_size("auto", 1024, 1024, 64, 64) == 2
+    assert conv.tile_size("auto", 32, 32, 512, 512) == 2
+    assert conv.tile_size("auto", 1024, 1024, 3, 64) == 0
+    monkeypatch.setattr(conv.jax, "default_backend", lambda: "tpu")
+    assert conv.tile_size("auto", 64, 64, 256, 256) == 0
+
+
 def test_prepare_params_transforms_exactly_the_winograd_layers():
     params = vgg.init_params(jax.random.PRNGKey(0))
     layers = ("relu1_1", "relu4_2")

@@ -15,12 +15,15 @@ YNN = "xla_cpu_experimental_ynn_fusion_type"
 
 
 def test_apply_appends_only_flags_the_user_did_not_set():
+    gpu = "--xla_gpu_autotune_level"
     env = {"XLA_FLAGS": "--xla_foo=1"}
-    assert xla_flags.apply(env) == [f"--{YNN}=dot"]
-    assert env["XLA_FLAGS"] == f"--xla_foo=1 --{YNN}=dot"
-    env = {"XLA_FLAGS": f"--{YNN}=eltwise"}
+    assert xla_flags.apply(env) == [f"--{YNN}=dot", f"{gpu}=0"]
+    assert env["XLA_FLAGS"] == f"--xla_foo=1 --{YNN}=dot {gpu}=0"
+    env = {"XLA_FLAGS": f"--{YNN}=eltwise {gpu}=4"}
     assert xla_flags.apply(env) == []
-    assert env["XLA_FLAGS"] == f"--{YNN}=eltwise"
+    assert env["XLA_FLAGS"] == f"--{YNN}=eltwise {gpu}=4"
+    env = {"XLA_FLAGS": f"--{YNN}_x=1"}  # a flag that merely starts like ours
+    assert xla_flags.apply(env) == [f"--{YNN}=dot", f"{gpu}=0"]
     env = {"NSTJAX_XLA_DEFAULTS": "0"}
     assert xla_flags.apply(env) == [] and "XLA_FLAGS" not in env
 
