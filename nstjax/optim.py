@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nstjax import aot, objective, optimizers, xla_flags
+from nstjax import aot, array_desc, objective, optimizers, xla_flags
 from nstjax.errors import UsageError
 from nstjax.settings import LOOPS
 
@@ -124,7 +124,7 @@ def _program(obj, opt, chunk_size: int, loop: str, state: dict, ctx: dict):
 def precompile(obj, opt, chunk_size: int, loop: str, state_desc, ctx_desc) -> None:
     """Compiles the step program and the final losses into the store from shapes alone
     (in a compile child, :mod:`nstjax.child`)."""
-    state, ctx = aot.shapes(state_desc), aot.shapes(ctx_desc)
+    state, ctx = array_desc.shapes(state_desc), array_desc.shapes(ctx_desc)
     ChunkRunner(obj, opt, chunk_size, loop, state, ctx)
     # the engine passes the runs' keys split over the runs, as the image
     keys = jax.ShapeDtypeStruct(state["key"].shape, state["key"].dtype,
@@ -142,7 +142,7 @@ def start_precompile(obj, opt, chunk_size: int, loop: str, state: dict, ctx: dic
         return None
     name, _, statics, dynamics, options = _program(obj, opt, chunk_size, loop, state, ctx)
     k = aot.key(name, statics, dynamics, options)
-    state_desc, ctx_desc = aot.abstract(state), aot.abstract(ctx)
+    state_desc, ctx_desc = array_desc.describe(state), array_desc.describe(ctx)
     if k is None or aot.known(k) or state_desc is None or ctx_desc is None:
         return None
     return child.Child(precompile, obj, opt, chunk_size, loop, state_desc, ctx_desc)
