@@ -156,8 +156,9 @@ class Settings:
                        choices=LOOPS)  # fmt: skip
     conv_impl: str = _field(
         conv.DEFAULT_IMPL,
-        "convolution policy: auto (Winograd F(4x4) on CPU on every layer but the RGB one, "
-        "up to 256x256 px), xla, winograd2, winograd4, winograd4_wide",
+        "convolution policy: auto (Winograd on every layer but the RGB one: F(4x4) on CPU "
+        "up to 256x256 px, F(2x2) on GPU; XLA's elsewhere), xla, winograd2, winograd4, "
+        "winograd4_wide",
         "str",
     )
     weights: str = _field("auto", "VGG19 weights: a source name or a file", "str")
