@@ -40,6 +40,17 @@ from nstjax.weights import api as weights_api
 from nstjax.weights.preprocessing import CAFFE
 
 
+def _initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequence) -> np.ndarray:
+    """:func:`nstjax.inputs.initial_image`, or for ``init="arbitrary"`` the fast network's
+    stylization (Ghiasi et al. 2017) of the content with the blended styles."""
+    if settings.init != "arbitrary":
+        return initial_image(settings, content_HxWx3, styles)
+    from nstjax.arbitrary import run  # noqa: PLC0415  (its weights and Flax on first use)
+
+    blend = blend_weights(settings.style_blend, len(styles))
+    return run.stylize_pixels(content_HxWx3, styles, 1.0, blend)[0].astype(np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Program:
     """The static part of a run: decides the compiled program (hashable)."""
@@ -284,7 +295,7 @@ def build_job(
     if init_image is not None:
         init = upsample(init_image, content_img.shape[:2])
     elif init is None:
-        init = initial_image(settings, content_img, style_imgs)
+        init = _initial_image(settings, content_img, style_imgs)
         if content_rgb is not None:  # luminance-only: optimize one channel
             init = init[..., :1] if settings.init != "arbitrary" else luma(init)
         if cacheable:

@@ -18,7 +18,7 @@ import numpy as np
 
 from nstjax import image
 from nstjax.errors import UsageError
-from nstjax.settings import INITS, Settings, blend_weights
+from nstjax.settings import INITS, Settings
 
 ImageLike = str | os.PathLike | np.ndarray
 
@@ -51,6 +51,9 @@ def from_array(img: np.ndarray, long_side, size) -> np.ndarray:
 
 
 def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequence) -> np.ndarray:
+    """The starting image of ``settings.init``: content, noise, style or an image file.
+    ``arbitrary`` (the fast network's output) is made by :mod:`nstjax.build`, which sits
+    above :mod:`nstjax.arbitrary` in the layering; this module sits below it."""
     h, w = content_HxWx3.shape[:2]
     if settings.init == "content":
         return content_HxWx3.copy()
@@ -58,11 +61,8 @@ def initial_image(settings: Settings, content_HxWx3: np.ndarray, styles: Sequenc
         key = jax.random.fold_in(jax.random.key(settings.seed), 0)
         noise = jax.random.normal(key, (h, w, 3), jnp.float32)
         return np.asarray(127.5 + settings.init_noise * noise, np.float32)
-    if settings.init == "arbitrary":  # the fast network's output (Ghiasi et al. 2017)
-        from nstjax.arbitrary import run  # noqa: PLC0415
-
-        blend = blend_weights(settings.style_blend, len(styles))
-        return run.stylize_pixels(content_HxWx3, styles, 1.0, blend)[0].astype(np.float32)
+    if settings.init == "arbitrary":
+        raise ValueError("init 'arbitrary' is the fast network's output: nstjax.build makes it")
     if settings.init == "style":
         return from_array(np.asarray(styles[0]), None, (h, w))
     return image.load(Path(settings.init), size=(h, w))
