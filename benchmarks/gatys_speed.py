@@ -50,7 +50,7 @@ def one(size: int, steps: int, warmup: int, optimizer: str, conv_impl: str, loop
     )
     # The chunks' end times split the run into warm-up and timed steps. Progress goes to
     # stderr as it happens: a run stopped at a limit (gpu_suite.py) still shows how far
-    # it got (e.g. a GPU's first compile, autotuning every convolution, takes minutes).
+    # it got (e.g. a GPU's first compile with XLA's autotuning on takes minutes).
     t0 = time.perf_counter()
     problem = gatys.prepare(settings, content, [style])
     print(f"[gatys_speed {size}] prepared in {time.perf_counter() - t0:.1f} s",

@@ -3,12 +3,15 @@
     python benchmarks/gpu_autotune_probe.py --out probe.json --pick best_flags.txt
     python benchmarks/gpu_autotune_probe.py --settings level0_winograd4 level0_xla --size 256
 
+(``PYTHONPATH=$PWD`` from the checkout's root where nstjax is not installed: the probe's
+children import it; ``gpu_suite.sh --probe`` sets it.)
+
 On the H200 lent on 2026-12-04 (jax 0.11.2), XLA's default autotuning (level 4: every
 convolution and GEMM fusion timed, with buffer initialization and a correctness check of
 each candidate) kept a 512 px Gatys step compiling for over 95 s, while
-``--xla_gpu_autotune_level=0`` compiled it in about 6 s but ran it 29x slower than
+``--xla_gpu_autotune_level=0`` compiled it in about 6 s but ran it 28x slower than
 Winograd F(2x2) without autotuning (13 s, 0.028 s a step): nstjax's GPU defaults since
-(README, "GPU").This
+(README, "GPU"). This
 script compiles and runs the same 512 px step (benchmarks/gatys_speed.py: L-BFGS, a few
 untimed steps, then timed ones) once per setting in ``SETTINGS`` (XLA flags and the
 convolution's implementation), each in a fresh process

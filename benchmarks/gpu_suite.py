@@ -49,9 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 IMAGES = ROOT.parent / "shared" / "images"
 PARTS = ("env", "step", "arbitrary", "memory", "sweep")  # the JSON's order
-# The order they run in: ``memory`` right after ``step``, whose XLA autotuning results it
-# reuses from the persistent cache (same convolutions at 512 and 1024); the fast network,
-# whose every batch size is autotuned afresh, last.
+# The order they run in: ``memory`` right after ``step``, whose compiled programs it reuses
+# from the persistent cache (same shapes at 512 and 1024); the fast network, whose every
+# batch size compiles afresh, last.
 RUN_ORDER = ("env", "step", "memory", "sweep", "arbitrary")
 
 # part: {"real": parameters on the GPU, "dry": parameters of --dry-run}

@@ -21,8 +21,9 @@
 #    1024, peak device memory at 512/1024, the Fig. 3 sweep at 512 px batched vs one at a
 #    time, the fast network's images per second at 1024 with batching; each part under
 #    `timeout`, all within the budget (480 s from this script's start; --budget to change).
-#    XLA autotunes every new convolution on a GPU (minutes in all on the first run; cached
-#    after): see the README's "GPU" section for what the 2026-12-04 H200 run found.
+#    nstjax.setup() turns XLA's GPU autotuning off unless XLA_FLAGS names a level (with it,
+#    the first compile of a step took minutes): see the README's "GPU" section for the
+#    2026-12-04 H200 runs.
 # --probe first runs benchmarks/gpu_autotune_probe.py (its default settings, or those named
 # after --probe; 90 s each) on the 512 px step, then runs the parts with the winner's
 # XLA_FLAGS, compile cache (its autotuning kept) and --conv-impl; the probe's rows go

@@ -3,8 +3,8 @@
 Routing XLA:CPU's matrix products through YNNPACK
 (``--xla_cpu_experimental_ynn_fusion_type=dot``) makes the fast arbitrary-style network
 about 15% faster (``benchmarks/arbitrary_speed.py``). Flags must be in ``XLA_FLAGS``
-before JAX starts its CPU backend, so :func:`apply` runs at import time and only appends
-flags the user has not set.
+before JAX starts its backends, so :func:`apply` runs in ``nstjax.setup()`` (the entry
+points call it first; never at import) and only appends flags the user has not set.
 
 The Gatys step depends on the CPU. On the 2-core AVX2 machine its largest products were
 the batched Winograd products (36 per layer), which XLA's own (Eigen) dot ran at 120-130
@@ -25,7 +25,7 @@ autotuning's checks, and for over 90 s with F(4x4) Winograd; with
 ``--xla_gpu_autotune_level=0`` the F(2x2) step (``auto``'s GPU policy,
 :mod:`nstjax.conv`) compiled in 13 s and ran in 0.028 s. The fast network at 1024x1024
 pays the other way round: its first call took 5-6 s without autotuning against 43 s with
-it, then 50-60 ms an image against 7.7 ms, so autotuning pays from ~600 images a process
+it, then 50-60 ms an image against 7.7 ms, so autotuning pays from ~700-900 images a process
 (or once its programs are in the compile cache): name any level in ``XLA_FLAGS``, e.g.
 ``--xla_gpu_autotune_level=4``, to keep it. The flag is inert on CPU.
 
@@ -60,6 +60,8 @@ def apply(environ=os.environ) -> list[str]:
     if not _enabled(environ):
         return []
     current = environ.get("XLA_FLAGS", "")
+    if current.strip() and not current.lstrip().startswith("--"):
+        return []  # XLA reads a value not starting with "--" as a file of flags: left alone
     named = {f.split("=")[0] for f in current.split()}
     added = [f for f in DEFAULT_FLAGS if f.split("=")[0] not in named]
     if added:

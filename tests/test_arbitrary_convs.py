@@ -42,7 +42,7 @@ def _close(got, want):
     "x_shape, k_shape, stride",
     [
         ((1, 80, 80, 16), (3, 3, 16, 8), 1),  # 78 output rows in two bands of 52 and 26
-        ((2, 21, 18, 32), (3, 3, 32, 16), 2),  # strided, bands over a batch of 2
+        ((2, 133, 133, 16), (3, 3, 16, 8), 2),  # strided: 66 output rows in bands of 31
         ((1, 13, 11, 8), (3, 3, 8, 3), 1),  # 3 output channels: padded to 8 and cut off
         ((1, 24, 19, 3), (9, 9, 3, 8), 1),  # the 9x9 layers: on 2x2 blocks
         ((1, 25, 20, 8), (9, 9, 8, 3), 1),
@@ -53,10 +53,22 @@ def test_conv_is_one_plain_convolution(x_shape, k_shape, stride):
     _close(convs.conv(jnp.asarray(x), jnp.asarray(k), stride), conv_ref(x, k, stride))
 
 
-def test_the_band_path_really_splits_the_rows():
-    b, h, w = 1, 80, 80
-    rows = max(1, convs.BAND_PIXELS // (b * (w - 2)), -(-(h - 2) // convs.MAX_BANDS))
-    assert rows < h - 2  # the first case above runs in bands
+@pytest.mark.parametrize(
+    "x_shape, k_shape, stride, calls",
+    [((1, 80, 80, 16), (3, 3, 16, 8), 1, 2), ((2, 133, 133, 16), (3, 3, 16, 8), 2, 3)],
+)
+def test_the_band_cases_really_run_in_bands(monkeypatch, x_shape, k_shape, stride, calls):
+    seen = []
+    plain = convs.conv_valid
+
+    def counted(x, kernel, s):
+        seen.append(x.shape[1])
+        return plain(x, kernel, s)
+
+    monkeypatch.setattr(convs, "conv_valid", counted)
+    x, k = _arrays(3, x_shape, k_shape)
+    _close(convs.conv(jnp.asarray(x), jnp.asarray(k), stride), conv_ref(x, k, stride))
+    assert len(seen) == calls and max(seen) < x_shape[1]
 
 
 @pytest.mark.parametrize("hw", [(12, 12), (9, 14)])

@@ -134,7 +134,7 @@ def test_vgg_ceil_mode_equals_reference_pooling_composed(tiny_params, kind):
     assert f["pool2"].shape[1:3] == (4, 3)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the auto policy is CPU-only")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto's 256x256 bound is CPU's")
 def test_prepare_params_follows_the_ceil_sizes(tiny_params):
     """511x513: pool1 is 255x256 = 65280 pixels (floor, Winograd: at most 256x256) or
     256x257 = 65792 (ceil, XLA)."""

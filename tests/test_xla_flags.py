@@ -1,4 +1,4 @@
-"""Default XLA settings: process flags at import, per-program options (nstjax/xla_flags.py)."""
+"""Default XLA settings: process flags at start-up, per-program options (nstjax/xla_flags.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def test_apply_appends_only_flags_the_user_did_not_set():
     assert xla_flags.apply(env) == [f"--{YNN}=dot", f"{gpu}=0"]
     env = {"NSTJAX_XLA_DEFAULTS": "0"}
     assert xla_flags.apply(env) == [] and "XLA_FLAGS" not in env
+    env = {"XLA_FLAGS": " /etc/xla_flags.txt"}  # a file of flags to XLA: not ours to extend
+    assert xla_flags.apply(env) == [] and env["XLA_FLAGS"] == " /etc/xla_flags.txt"
+    env = {"XLA_FLAGS": "  "}
+    assert xla_flags.apply(env) == [f"--{YNN}=dot", "--xla_gpu_autotune_level=0"]
 
 
 def test_step_options_switch_ynn_off_on_cpus_without_avx512_only():
