@@ -225,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    process.setup()
 
     def go() -> int:
+        process.setup()  # inside guarded: a bad XLA_FLAGS is one line, exit 2
         if argv[:1] == ["run"]:  # absl parses its own flags (--config.x=y overrides)
             from nstjax import main as absl_main  # noqa: PLC0415
 

@@ -112,9 +112,14 @@ def run_argv(argv: Sequence[str]) -> int:
     return guarded(lambda: run_from_flags(argv), "nstjax")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _setup() -> int:
     process.setup()
-    sys.exit(run_argv(list(sys.argv if argv is None else argv)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    # setup first and guarded: a bad XLA_FLAGS is one line and exit 2
+    sys.exit(guarded(_setup, "nstjax") or run_argv(list(sys.argv if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ import functools
 import os
 import platform
 
+from nstjax.errors import UsageError
+
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 CPU_FLAGS = (f"{YNN_FLAG}=dot",)
 GPU_FLAGS = ("--xla_gpu_autotune_level=0",)
@@ -56,12 +58,19 @@ def _jaxlib_version() -> tuple[int, ...]:
 
 
 def apply(environ=os.environ) -> list[str]:
-    """Appends the default flags to ``XLA_FLAGS`` (those not already named); returns them."""
-    if not _enabled(environ):
-        return []
+    """Appends the default flags to ``XLA_FLAGS`` (those not already named); returns them.
+
+    XLA reads a value that does not start with ``--`` as the name of a file of flags:
+    such a value is left alone, and one naming no file is a :class:`UsageError` (XLA
+    would abort the process when its backend starts)."""
     current = environ.get("XLA_FLAGS", "")
     if current.strip() and not current.lstrip().startswith("--"):
-        return []  # XLA reads a value not starting with "--" as a file of flags: left alone
+        if not os.path.isfile(current):
+            raise UsageError(f"XLA_FLAGS={current!r} names no file; XLA reads a value that "
+                             "does not start with '--' as a file of flags")  # fmt: skip
+        return []
+    if not _enabled(environ):
+        return []
     named = {f.split("=")[0] for f in current.split()}
     added = [f for f in DEFAULT_FLAGS if f.split("=")[0] not in named]
     if added:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +28,26 @@ def test_apply_appends_only_flags_the_user_did_not_set():
     assert xla_flags.apply(env) == [f"--{YNN}=dot", f"{gpu}=0"]
     env = {"NSTJAX_XLA_DEFAULTS": "0"}
     assert xla_flags.apply(env) == [] and "XLA_FLAGS" not in env
-    env = {"XLA_FLAGS": " /etc/xla_flags.txt"}  # a file of flags to XLA: not ours to extend
-    assert xla_flags.apply(env) == [] and env["XLA_FLAGS"] == " /etc/xla_flags.txt"
     env = {"XLA_FLAGS": "  "}
-    assert xla_flags.apply(env) == [f"--{YNN}=dot", "--xla_gpu_autotune_level=0"]
+    assert xla_flags.apply(env) == [f"--{YNN}=dot", f"{gpu}=0"]
+
+
+def test_a_file_of_flags_is_left_alone_and_a_missing_one_is_one_clear_error(tmp_path):
+    flags_file = tmp_path / "xla_flags.txt"
+    flags_file.write_text("--xla_cpu_enable_fast_math=false\n")
+    env = {"XLA_FLAGS": str(flags_file)}  # XLA reads it as a file of flags: not ours to extend
+    assert xla_flags.apply(env) == [] and env["XLA_FLAGS"] == str(flags_file)
+    env = {"XLA_FLAGS": str(tmp_path / "missing.txt"), "NSTJAX_XLA_DEFAULTS": "0"}
+    with pytest.raises(xla_flags.UsageError, match="names no file"):
+        xla_flags.apply(env)
+    for entry in (["-m", "nstjax", "cache", "info"], ["-m", "nstjax.main"]):
+        env = dict(os.environ, XLA_FLAGS=str(tmp_path / "missing.txt"))
+        r = subprocess.run([sys.executable, *entry], capture_output=True, text=True, env=env)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"nstjax: error: XLA_FLAGS={str(tmp_path / 'missing.txt')!r} names no file; XLA "
+            "reads a value that does not start with '--' as a file of flags"
+        ]
 
 
 def test_step_options_switch_ynn_off_on_cpus_without_avx512_only():
