@@ -126,6 +126,9 @@ def stylize(
         job = None
         if settings.method == "gatys" and not pyramid_run:
             job = prepare(settings, content, styles, weights)
+            # the job holds the layers it needs (vgg.params_to): the rest (conv5_2..conv5_4
+            # for the Gatys layers, 27 MiB) is freed before the steps fill the heap
+            weights = None
         w = writers.MultiWriter(
             [
                 writers.ProgressWriter(settings.steps)

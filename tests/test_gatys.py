@@ -238,3 +238,27 @@ def test_tubingen_starry_night_256_100_lbfgs(images, real_weights, tmp_path):
     painting = coarse(image.load(images / "starry_night.jpg", size=(192, 256)))
     assert np.corrcoef(coarse(img), photo)[0, 1] > 0.8
     assert np.corrcoef(coarse(img), painting)[0, 1] < 0.6
+
+
+def test_a_run_frees_the_layers_it_does_not_need_before_its_steps(pair, real_weights, monkeypatch):
+    """stylize() loads the whole VGG19; the job keeps the layers up to conv5_1 (Gatys
+    layers and panel), and conv5_2..conv5_4 (27 MiB) must not stay alive for the steps."""
+    import weakref
+
+    from nstjax import writers
+    from nstjax.weights import api as weights_api
+
+    own = {name: {k: np.array(v) for k, v in layer.items()}
+           for name, layer in real_weights.params.items()}  # fmt: skip
+    probe = weakref.ref(own["conv5_4"]["kernel"])
+    loaded = [weights_api.Weights(own, real_weights.preprocessing, real_weights.info)]
+    monkeypatch.setattr(gatys.weights_api, "load", lambda *a, **k: loaded.pop())
+    del own
+    alive = []
+
+    class Watch(writers.MetricWriter):
+        def write_steps(self, first_step, keys, records_KxN):
+            alive.append(probe() is not None)
+
+    gatys.stylize(*pair, writer=Watch(), panel="off", **SMALL)
+    assert alive == [False, False]  # two chunks of 4 steps, conv5_4 gone during both
