@@ -107,19 +107,19 @@ def run_from_flags(argv: Sequence[str]) -> int:
 
 
 def run_argv(argv: Sequence[str]) -> int:
-    """For ``nstjax run``: errors as one line and an exit code (see ``nstjax.cli``)."""
+    """For ``nstjax run``: the process defaults (once), then the run; errors as one line
+    and an exit code (see ``nstjax.cli``), a bad ``XLA_FLAGS`` included."""
     logging.set_verbosity(logging.WARNING)
-    return guarded(lambda: run_from_flags(argv), "nstjax")
 
+    def go() -> int:
+        process.setup()
+        return run_from_flags(argv)
 
-def _setup() -> int:
-    process.setup()
-    return 0
+    return guarded(go, "nstjax")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    # setup first and guarded: a bad XLA_FLAGS is one line and exit 2
-    sys.exit(guarded(_setup, "nstjax") or run_argv(list(sys.argv if argv is None else argv)))
+    sys.exit(run_argv(list(sys.argv if argv is None else argv)))
 
 
 if __name__ == "__main__":

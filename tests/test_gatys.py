@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import weakref
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from nstjax import gatys, image, monitor
+from nstjax import gatys, image, monitor, writers
 from nstjax.settings import Settings
+from nstjax.weights import api as weights_api
 from tests import numpy_ref
 
 SMALL = dict(size=32, steps=8, chunk_size=4)
@@ -243,11 +245,6 @@ def test_tubingen_starry_night_256_100_lbfgs(images, real_weights, tmp_path):
 def test_a_run_frees_the_layers_it_does_not_need_before_its_steps(pair, real_weights, monkeypatch):
     """stylize() loads the whole VGG19; the job keeps the layers up to conv5_1 (Gatys
     layers and panel), and conv5_2..conv5_4 (27 MiB) must not stay alive for the steps."""
-    import weakref
-
-    from nstjax import writers
-    from nstjax.weights import api as weights_api
-
     own = {name: {k: np.array(v) for k, v in layer.items()}
            for name, layer in real_weights.params.items()}  # fmt: skip
     probe = weakref.ref(own["conv5_4"]["kernel"])
