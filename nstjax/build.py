@@ -272,10 +272,19 @@ def build_job(
     tkey = (objective.one_off(obj), names, tuple(blend), settings.size, settings.style_scale,
             settings.masks, settings.style_masks, settings.preserve_color,
             settings.color_transfer, weights_id)  # fmt: skip
-    # a single run starts compiling its panel now, beside its own targets and kernels
+    # the layers the job keeps: its objective's and its panel's (the rest is freed)
+    needed = obj.layers
+    if settings.panel_distances() is not None:
+        from nstjax import panel as panel_lib  # noqa: PLC0415
+
+        needed = (*needed, *panel_lib.GATYS_LAYERS, *panel_lib.CONTENT_LAYERS)
+    job_params = vgg.params_to(weights.params, needed)
+    # a single run starts compiling its panel now, beside its own targets and kernels,
+    # from the very params the job's panel will use: they key its stored programs and
+    # reference distances (nstjax.panel_refs), so other params are a miss after the steps
     panel_child = None
     if prewarm_panel:
-        panel_child = start_panel_child(settings, obj, weights.params, loaded)
+        panel_child = start_panel_child(settings, obj, job_params, loaded)
     targets = caches.get(("targets", tkey)) if cacheable else None
     if targets is None:
         targets = objective.targets(obj, weights.params, content_img, style_imgs, blend)
@@ -318,14 +327,9 @@ def build_job(
         "ema": np.float32(settings.ema),
     }
     key = np.asarray(jax.random.PRNGKey(settings.seed), np.uint32)
-    needed = obj.layers
-    if settings.panel_distances() is not None:
-        from nstjax import panel as panel_lib  # noqa: PLC0415
-
-        needed = (*needed, *panel_lib.GATYS_LAYERS, *panel_lib.CONTENT_LAYERS)
     job = Job(
-        program, init[None], run, key, settings, weights.info,
-        vgg.params_to(weights.params, needed), tag, content_rgb, estimate, loaded,
+        program, init[None], run, key, settings, weights.info, job_params, tag,
+        content_rgb, estimate, loaded,
     )  # fmt: skip
     job.panel_child = panel_child
     return job

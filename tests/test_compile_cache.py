@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from nstjax import aot, cli, process
+from nstjax import aot, cli, panel_refs, process
 
 
 def _stylize(images, tmp_path, cache_dir, weights_cache, name, children="0", panel=None):
@@ -93,6 +93,11 @@ def test_cold_programs_compile_in_children(images, tmp_path, weights_cache):
     assert warm["loss"] == here["loss"]
     fresh = _stylize(images, tmp_path, tmp_path / "b", weights_cache, "fresh", "1", panel)
     assert fresh["compiles"]["children"] == 2 and fresh["loss"] == here["loss"]
+    assert fresh["panel"] == here["panel"]
+    # the panel's child worked from the params the run's panel uses: the run read the
+    # child's reference distances back (one file; a second: it scored them again)
+    for d in ("a", "b"):
+        assert len(list((tmp_path / d / panel_refs.SUBDIR).glob("*.json"))) == 1
 
 
 def test_a_failed_child_says_why():
