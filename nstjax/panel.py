@@ -218,7 +218,7 @@ class Panel:
         return {x: photo[x] for x in keys}, {x: painting[x] for x in keys}
 
     def _score(self, feats) -> dict[str, float]:
-        out = programs.scores(
+        out = programs.score(
             self.spec, feats, self.style_targets, self.content_targets, self.blend, self.key
         )
         return dict(sorted(_floats(out).items()))
@@ -270,8 +270,8 @@ def prebuild(obj, vgg_params, content, styles, blend, style_kinds=None,
     zeros = np.zeros((1, *panel.hw, 3), np.float32)
     feats = programs.forward(spec, panel.params, zeros, spec.layers)
     # scored above unless the references were kept
-    programs.scores.precompile(spec, feats, panel.style_targets, panel.content_targets,
-                               panel.blend, panel.key)  # fmt: skip
+    programs.score(spec, feats, panel.style_targets, panel.content_targets, panel.blend,
+                   panel.key, precompile=True)  # fmt: skip
     aot.mark_done(prebuild_key(obj, content, styles, style_kinds, content_kinds))
 
 

@@ -3,7 +3,8 @@ its API): what a panel computes (:class:`Spec`), one VGG forward per image, each
 distance's targets from one image's features, and every distance of one output.
 
 The programs run a few times per image shape, so they compile for a short compile
-(:data:`ONE_OFF_OPTIONS`; small images :data:`FAST_COMPILE_OPTIONS`). Targets that are
+(:data:`ONE_OFF_OPTIONS`; small images :data:`FAST_COMPILE_OPTIONS`, but for the
+distances of :data:`SLOW_AT_LEVEL_0`, scored apart). Targets that are
 the features themselves, reshaped, are left out of the targets program and filled in
 with numpy views (:func:`feature_views`, :func:`targets`).
 """
@@ -199,13 +200,25 @@ def targets(spec: Spec, role: str, feats, out_hw: tuple[int, int]) -> dict:
     return views.share_identical(out)
 
 
-@functools.partial(aot.BySize, static_argnums=(0,), sized_arg=1,
-                   max_pixels=FAST_COMPILE_PIXELS, small=FAST_COMPILE_OPTIONS,
-                   large=ONE_OFF_OPTIONS)  # fmt: skip
-def scores(spec: Spec, feats, style_targets, content_targets, blend, key):
-    """Every distance of one image (its features): ``{key: scalar}``; each the mean over
-    the role's layers. A per-style-image target list blends the losses. Keys fold in
-    each distance's place in ``spec``."""
+SLOW_AT_LEVEL_0 = frozenset({"hist", "mrf"})
+"""Kinds whose code runs several times slower at LLVM level 0: on a panel small enough
+for :data:`FAST_COMPILE_OPTIONS` they are scored by a program of their own compiled with
+:data:`ONE_OFF_OPTIONS` (:func:`score`). A kind is here when level 1 saves more over the
+three calls of a cold run (the photo, the painting, the output; a warm run makes one)
+than it adds to the compile. At 256x192 on the 2-core AVX-512 CPU, each kind's program
+alone (``python benchmarks/compile_options.py --per-kind``), compile / call seconds at
+level 0 against level 1: ``hist`` (its binned remap: ~25 elementwise operations, a
+scatter and four gathers per feature value) 0.29 / 0.668 against 0.76 / 0.108, ``mrf``
+0.37 / 0.298 against 0.83 / 0.121; not ``sliced_w2`` (0.42 / 0.132 against 0.86 / 0.074)
+and the rest, whose calls differ by less."""
+
+
+def _scores(spec: Spec, keys: tuple[str, ...] | None, feats, style_targets, content_targets,
+            blend, key):  # fmt: skip
+    """The distances ``keys`` (None: all) of one image (its features): ``{key: scalar}``;
+    each the mean over the role's layers. A per-style-image target list blends the
+    losses. Keys fold in each distance's place in ``spec``, whichever ``keys`` are
+    scored together."""
     out = {}
     groups = (
         ("style", spec.style, spec.style_layers, style_targets),
@@ -213,6 +226,8 @@ def scores(spec: Spec, feats, style_targets, content_targets, blend, key):
     )
     for r, (_, kinds, layers, targets) in enumerate(groups):
         for i, (k, name, options) in enumerate(kinds):
+            if keys is not None and k not in keys:
+                continue
             kind = registry.get(name)
             opts = dict(options)
             k_t = jax.random.fold_in(jax.random.fold_in(key, r), i)
@@ -227,4 +242,40 @@ def scores(spec: Spec, feats, style_targets, content_targets, blend, key):
                     v = kind.loss(feats[layer], t[layer], k_l, **opts)[0]
                 total = total + v
             out[k] = total / len(layers)
+    return out
+
+
+scores = aot.BySize(_scores, static_argnums=(0, 1), sized_arg=2, max_pixels=FAST_COMPILE_PIXELS,
+                    small=FAST_COMPILE_OPTIONS, large=ONE_OFF_OPTIONS)  # fmt: skip
+"""The scores program: :data:`FAST_COMPILE_OPTIONS` for small images, else
+:data:`ONE_OFF_OPTIONS`."""
+scores_one_off = aot.Jit(_scores, static_argnums=(0, 1), compiler_options=ONE_OFF_OPTIONS)
+""":data:`SLOW_AT_LEVEL_0` kinds of a small panel."""
+
+
+def score_parts(spec: Spec, feats) -> list[tuple]:
+    """``[(program, keys)]``: the programs that score ``spec`` for features ``feats``
+    and the distances each scores (``None``: all of them)."""
+    slow = tuple(k for k, name, _ in (*spec.style, *spec.content) if name in SLOW_AT_LEVEL_0)
+    if not slow or scores.pick(spec, None, feats) is scores.large:
+        return [(scores, None)]
+    rest = tuple(k for k in spec.keys if k not in slow)
+    return [(scores, rest), (scores_one_off, slow)] if rest else [(scores_one_off, slow)]
+
+
+def score(spec: Spec, feats, style_targets, content_targets, blend, key,
+          precompile: bool = False) -> dict:  # fmt: skip
+    """Every distance of ``spec`` for one image's features (:func:`score_parts`:
+    ``{key: scalar}``); ``precompile``: only compiles the programs (``{}``)."""
+    out = {}
+    for program, keys in score_parts(spec, feats):
+
+        def part(targets, keys=keys):
+            return targets if keys is None else {k: v for k, v in targets.items() if k in keys}
+
+        args = (spec, keys, feats, part(style_targets), part(content_targets), blend, key)
+        if precompile:
+            program.precompile(*args)
+        else:
+            out.update(program(*args))
     return out

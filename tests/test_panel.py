@@ -71,17 +71,27 @@ def test_the_panels_compiler_options_keep_its_distances(the_panel, pics):
     feats = panel_programs.forward(
         the_panel.spec, the_panel.params, noisy[None], the_panel.spec.layers
     )
-    args = (the_panel.spec, feats, the_panel.style_targets, the_panel.content_targets,
+    args = (the_panel.spec, None, feats, the_panel.style_targets, the_panel.content_targets,
             the_panel.blend, the_panel.key)  # fmt: skip
     assert panel_programs.scores.pick(*args) is panel_programs.scores.small
     assert panel_programs.scores.small.options["xla_backend_optimization_level"] == 0
     assert panel_programs.scores.large.options["xla_backend_optimization_level"] == 1
+    assert panel_programs.scores_one_off.options["xla_backend_optimization_level"] == 1
     side = int(np.sqrt(panel_programs.FAST_COMPILE_PIXELS))
     big = {"relu1_1": jax.ShapeDtypeStruct((1, side, side + 1, 64), np.float32)}
-    assert panel_programs.scores.pick(None, big) is panel_programs.scores.large
+    assert panel_programs.scores.pick(None, None, big) is panel_programs.scores.large
     assert panel_programs.target_leaves.pick(None, None, big) is panel_programs.target_leaves.large
+    # hist and mrf, slow at level 0, are scored apart at level 1 (small panels only)
+    slow = tuple(k for k, name, _ in the_panel.spec.style if name in ("hist", "mrf"))
+    assert slow == ("style/hist", "style/mrf")
+    parts = panel_programs.score_parts(the_panel.spec, feats)
+    assert parts == [
+        (panel_programs.scores, tuple(k for k in the_panel.spec.keys if k not in slow)),
+        (panel_programs.scores_one_off, slow),
+    ]
+    assert panel_programs.score_parts(the_panel.spec, big) == [(panel_programs.scores, None)]
     ours = the_panel.distances(noisy)
-    defaults = jax.jit(panel_programs.scores.fun, static_argnums=(0,))(*args)
+    defaults = jax.jit(panel_programs.scores.fun, static_argnums=(0, 1))(*args)
     full = panel_programs.scores.large(*args)
     assert set(ours) == set(defaults) == set(full)
     for k, v in defaults.items():
