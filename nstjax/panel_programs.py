@@ -249,8 +249,9 @@ scores = aot.BySize(_scores, static_argnums=(0, 1), sized_arg=2, max_pixels=FAST
                     small=FAST_COMPILE_OPTIONS, large=ONE_OFF_OPTIONS)  # fmt: skip
 """The scores program: :data:`FAST_COMPILE_OPTIONS` for small images, else
 :data:`ONE_OFF_OPTIONS`."""
-scores_one_off = aot.Jit(_scores, static_argnums=(0, 1), compiler_options=ONE_OFF_OPTIONS)
-""":data:`SLOW_AT_LEVEL_0` kinds of a small panel."""
+scores_one_off = scores.large
+""":data:`SLOW_AT_LEVEL_0` kinds of a small panel: the large panels' program (one
+:class:`~nstjax.aot.Jit`, so a process that scores both loads each executable once)."""
 
 
 def score_parts(spec: Spec, feats) -> list[tuple]:
