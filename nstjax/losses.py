@@ -14,11 +14,40 @@ import jax.numpy as jnp
 from nstjax.errors import UsageError
 
 
+@jax.custom_vjp
 def gram(feat_BxHxWxC: jax.Array) -> jax.Array:
-    """Unnormalized Gram matrices ``gram_BxCxC`` (sum over positions)."""
+    """Unnormalized Gram matrices ``gram_BxCxC`` (sum over positions).
+
+    Its gradient is the one Gatys et al. (2016) derive for eq. 6: for ``G = F^T F``
+    (positions x channels here), ``dF = F (dG + dG^T)``, one matrix product in the
+    features' own layout. Autodiff of the einsum took two products, each written
+    channels-first, and a transposing pass to add them into the layer's gradient: the
+    256x192 L-BFGS step ran 6-8% slower. ``tests/test_objective.py`` checks it against
+    float64 central differences.
+    """
+    return _gram(feat_BxHxWxC)
+
+
+def _gram(feat_BxHxWxC: jax.Array) -> jax.Array:
     b, h, w, c = feat_BxHxWxC.shape
     f_BxMxC = feat_BxHxWxC.reshape(b, h * w, c)
     return jnp.einsum("bmc,bmd->bcd", f_BxMxC, f_BxMxC, preferred_element_type=jnp.float32)
+
+
+def _gram_fwd(feat_BxHxWxC):
+    return _gram(feat_BxHxWxC), feat_BxHxWxC
+
+
+def _gram_bwd(feat_BxHxWxC, dgram_BxCxC):
+    b, h, w, c = feat_BxHxWxC.shape
+    sym_BxCxC = dgram_BxCxC + jnp.swapaxes(dgram_BxCxC, 1, 2)
+    f_BxMxC = feat_BxHxWxC.reshape(b, h * w, c)
+    df_BxMxC = jnp.einsum("bmc,bcd->bmd", f_BxMxC, sym_BxCxC.astype(f_BxMxC.dtype),
+                          preferred_element_type=jnp.float32)  # fmt: skip
+    return (df_BxMxC.reshape(feat_BxHxWxC.shape).astype(feat_BxHxWxC.dtype),)
+
+
+gram.defvjp(_gram_fwd, _gram_bwd)
 
 
 # Gram normalizations: each maps (squared error of *unnormalized* Grams, N, M) to

