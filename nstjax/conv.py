@@ -46,6 +46,8 @@ def _fixed(m: int, min_channels: int) -> Policy:
 
 AUTO_MIN_CHANNELS = 16  # input channels: the RGB layer stays XLA's
 AUTO_MAX_PIXELS = 256 * 256
+AUTO_F3_MIN_CHANNELS = 256
+AUTO_F3_MAX_PIXELS = 16 * 16
 
 
 def _auto(h: int, w: int, c: int, o: int) -> int:
@@ -73,6 +75,15 @@ def _auto(h: int, w: int, c: int, o: int) -> int:
     its whole run is shorter up to ~2,000 steps; at 1024x1024 its step took 0.075 s,
     its device memory 5.5 GB (XLA's convolution: 3.15 s, 5.1 GB). TPUs keep XLA's
     convolution (not measured).
+
+    On CPU, layers of at most 16x16 positions and 256+ input channels (conv5_1 at
+    256x192) take F(3x3, 3x3) instead: with so few tiles the products stream the kernel
+    (F(4x4)'s 36 points of 512x512 floats, 36 MiB, for 12 tiles), and F(3x3)'s 25 points
+    take 11 MiB less memory for the same step time (the 256x192 L-BFGS value-and-gradient,
+    both policies compiled in one process and alternated, 12 rounds of 5 steps: 0.2391
+    against 0.2404 s, medians; ``python benchmarks/conv_speed.py --sizes 256 --aspect
+    0.75 --impls auto winograd4``). Below that many channels, and on conv4_x (F(3x3) there
+    took 2-3% longer steps), F(4x4) stays.
     """
     del o
     backend = jax.default_backend()
@@ -80,6 +91,8 @@ def _auto(h: int, w: int, c: int, o: int) -> int:
         return 2 if c >= AUTO_MIN_CHANNELS else 0
     if backend != "cpu":
         return 0
+    if c >= AUTO_F3_MIN_CHANNELS and h * w <= AUTO_F3_MAX_PIXELS:
+        return 3
     return 4 if c >= AUTO_MIN_CHANNELS and h * w <= AUTO_MAX_PIXELS else 0
 
 
@@ -89,6 +102,7 @@ CONV_IMPLS: dict[str, Policy] = {
     # Fixed Winograd everywhere except the RGB input layer (3 channels cannot amortize
     # the transforms), and a variant limited to wide layers.
     "winograd2": _fixed(2, 16),
+    "winograd3": _fixed(3, 16),
     "winograd4": _fixed(4, 16),
     "winograd4_wide": _fixed(4, 128),
 }

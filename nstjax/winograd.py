@@ -85,12 +85,15 @@ def toom_cook(points: Sequence[float], m: int, r: int = 3) -> tuple[Matrix, Matr
 
 POINTS: dict[int, tuple[float, ...]] = {
     2: (0.0, 1.0, -1.0),
+    3: (0.0, 1.0, -1.0, 0.5),
     4: (0.0, 1.0, -1.0, 0.5, -0.5),
 }
 """Finite interpolation points of F(m x m, 3 x 3) (plus infinity), by output tile size m.
 
 For m = 4, +-1/2 keep float32 errors as small as Lavin & Gray's +-2 do (both a few
 1e-6 of the output's range, see tests/test_conv.py), with smaller transform entries.
+m = 3 (25 points) is for layers with few positions and many channels, whose products
+read more kernel than data (:func:`nstjax.conv._auto`).
 """
 
 

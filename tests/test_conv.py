@@ -20,6 +20,7 @@ TOLERANCE = {
     "xla": 1e-5,
     "auto": 5e-5,
     "winograd2": 1e-5,
+    "winograd3": 2e-5,  # F(3x3): conv._auto on small deep layers
     "winograd4": 5e-5,
     "winograd4_wide": 5e-5,
 }
@@ -184,7 +185,10 @@ def test_auto_policy_picks_winograd_where_it_pays_on_cpu():
     assert conv.tile_size("auto", 192, 256, 64, 64) == 4  # conv1_2 at 256x192
     assert conv.tile_size("auto", 512, 512, 128, 128) == 0  # past 256x256: memory-bound
     assert conv.tile_size("auto", 64, 64, 3, 64) == 0  # RGB input
-    assert conv.tile_size("auto", 12, 16, 512, 512) == 4  # conv5_1 at 256x192
+    assert conv.tile_size("auto", 12, 16, 512, 512) == 3  # conv5_1 at 256x192: F(3x3)
+    assert conv.tile_size("auto", 16, 16, 256, 512) == 3
+    assert conv.tile_size("auto", 16, 16, 128, 256) == 4  # few channels
+    assert conv.tile_size("auto", 24, 32, 512, 512) == 4  # conv4_x at 256x192, conv5_1 at 512
     assert conv.tile_size("xla", 64, 64, 256, 256) == 0
     assert conv.tile_size("winograd2", 8, 8, 16, 16) == 2
     with pytest.raises(conv.UsageError, match="unknown convolution implementation"):
