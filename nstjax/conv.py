@@ -79,11 +79,11 @@ def _auto(h: int, w: int, c: int, o: int) -> int:
     On CPU, layers of at most 16x16 positions and 256+ input channels (conv5_1 at
     256x192) take F(3x3, 3x3) instead: with so few tiles the products stream the kernel
     (F(4x4)'s 36 points of 512x512 floats, 36 MiB, for 12 tiles), and F(3x3)'s 25 points
-    take 11 MiB less memory for the same step time (the 256x192 L-BFGS value-and-gradient,
-    both policies compiled in one process and alternated, 12 rounds of 5 steps: 0.2391
-    against 0.2404 s, medians; ``python benchmarks/conv_speed.py --sizes 256 --aspect
-    0.75 --impls auto winograd4``). Below that many channels, and on conv4_x (F(3x3) there
-    took 2-3% longer steps), F(4x4) stays.
+    take 11 MiB less memory for the same step time (the 256x192 value-and-gradient,
+    ``python benchmarks/conv_speed.py --sizes 256 --aspect 0.75 --impls auto winograd4
+    --repeats 10`` and the reverse order, twice: medians 0.231-0.239 s against
+    0.231-0.238 s for F(4x4) there). Below that many channels, and on conv4_x (F(3x3)
+    there took 2-3% longer steps), F(4x4) stays.
     """
     del o
     backend = jax.default_backend()

@@ -145,12 +145,14 @@ def release(tree) -> int:
 
     walk(tree)
     released = 0
+    bases: dict[int, int] = {}  # id(mapping) -> its address
     for a in leaves:
         mm = _mapping(a)
         if mm is None or not a.nbytes:
             continue
-        base = np.frombuffer(mm, np.uint8).ctypes.data
-        lo = a.ctypes.data - base
+        if id(mm) not in bases:
+            bases[id(mm)] = np.frombuffer(mm, np.uint8).ctypes.data
+        lo = a.ctypes.data - bases[id(mm)]
         hi = lo + a.nbytes
         lo = -(-lo // mmap.PAGESIZE) * mmap.PAGESIZE
         hi = hi // mmap.PAGESIZE * mmap.PAGESIZE
