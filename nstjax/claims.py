@@ -66,6 +66,27 @@ class Claims:
             return holder.get("pid") != self.me["pid"] and not _alive(int(holder.get("pid", -1)))
         return age > self.stale_after
 
+    def _bury(self, path: Path) -> bool:
+        """Renames a stale claim away and deletes it; False if another runner was first."""
+        grave = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.stale")
+        try:
+            os.rename(path, grave)  # exactly one taker wins this rename
+        except FileNotFoundError:
+            return False
+        grave.unlink(missing_ok=True)
+        return True
+
+    def reap(self) -> list[str]:
+        """Removes every stale claim; returns their variants' names.
+
+        A runner killed between writing a variant's results and releasing its claim
+        leaves a claim on a finished variant, which no later runner claims again.
+        """
+        if not self.dir.is_dir():
+            return []
+        paths = sorted(self.dir.glob("*.json"))
+        return [p.stem for p in paths if self.is_stale(p) and self._bury(p)]
+
     def try_claim(self, name: str) -> bool:
         """Claims variant ``name``; False if another live runner holds it."""
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -76,12 +97,7 @@ class Claims:
             except FileExistsError:
                 if not self.is_stale(path):
                     return False
-                grave = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.stale")
-                try:
-                    os.rename(path, grave)  # exactly one taker wins this rename
-                except FileNotFoundError:
-                    continue
-                grave.unlink(missing_ok=True)
+                self._bury(path)
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(self.me, f)

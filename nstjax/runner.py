@@ -86,6 +86,7 @@ def run(
     claims = Claims(workdir, float(config.get("claim_timeout", STALE_AFTER)))
     fp = sweep.fingerprint(config, variants, _pins(variants))
     sweep.prepare_workdir(workdir, fp, overwrite, writer, claims.live_others())
+    claims.reap()  # a killed runner's claims, finished variants' included
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils  # noqa: PLC0415
 

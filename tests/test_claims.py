@@ -105,7 +105,11 @@ def test_killed_runner_claim_is_taken_over_and_changed_image_refused(
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "pins.images" in bad.stderr
     shutil.copy(images / "tubingen.jpg", content)  # the same bytes again: resumes
-    done = len(list(workdir.glob("variants/*/metrics.json")))
+    finished = sorted(workdir.glob("variants/*/metrics.json"))
+    done = len(finished)
+    # killed between a variant's results and its claim's release: the resume reaps it
+    dead = {"host": claims.me["host"], "pid": 2**22 + 12345, "started": 0}
+    claims.path(finished[0].parent.name).write_text(json.dumps(dead))
     ok = subprocess.run(args, env=_env(weights_cache), cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert f"{N - done} variants run, {done} already done" in ok.stderr
@@ -146,3 +150,15 @@ def test_live_claims_are_respected_dead_ones_taken_over(tmp_path):
     assert not Claims(tmp_path, stale_after=60).try_claim("y")  # fresh heartbeat
     os.utime(claims.path("y"), (time.time() - 120, time.time() - 120))
     assert Claims(tmp_path, stale_after=60).try_claim("y")  # no heartbeat for 2 minutes
+
+
+def test_reap_removes_dead_runners_claims_only(tmp_path):
+    claims = Claims(tmp_path)
+    claims.dir.mkdir()
+    host = claims.me["host"]
+    claims.path("dead").write_text(json.dumps({"host": host, "pid": 2**22 + 12345, "started": 0}))
+    claims.path("live").write_text(json.dumps({"host": host, "pid": os.getppid(), "started": 0}))
+    assert claims.try_claim("mine")
+    assert claims.reap() == ["dead"]
+    assert sorted(p.stem for p in claims.dir.glob("*.json")) == ["live", "mine"]
+    assert not list(claims.dir.glob(".*.stale")) and claims.reap() == []
