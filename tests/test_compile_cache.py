@@ -269,3 +269,17 @@ def test_after_an_upgrade_a_program_compiles_for_real_and_is_kept_whole(tmp_path
     assert int(compiled1) >= 1 and stored1 == "1"
     assert int(compiled2) >= 1 and stored2 == "1"  # JAX's cache did not serve f
     assert compiled3 == "0" and whole3 == "1" and y1 == y2 == y3  # read back whole
+
+
+def test_an_in_process_compile_gives_the_heap_back(monkeypatch, tmp_path):
+    import jax.numpy as jnp
+
+    from nstjax import malloc
+
+    monkeypatch.setenv("NSTJAX_COMPILE_CACHE", str(tmp_path))
+    trims = []
+    monkeypatch.setattr(malloc, "trim", lambda: trims.append(1) or True)
+    f = aot.Jit(lambda a: a * 3)
+    x = jnp.ones((3, 5))
+    assert float(f(x)[0, 0]) == 3.0 and trims == [1]  # compiled here: trimmed after
+    assert float(f(x)[0, 0]) == 3.0 and trims == [1]  # the same executable: nothing to trim
