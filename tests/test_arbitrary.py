@@ -183,14 +183,17 @@ def test_full_output_parity_384(params, fq_params, sessions, style, content):
     err = _err(ours, _run(ref_t, content, _vec(ref_p, style).reshape(1, 1, 1, 100)))
     assert err[0] < 0.6 and err[1] < 0.05, err
     # Same style vector, transformer only: float measured max 0.47, mean 0.039;
-    # fake-quant measured max 0.21, mean 0.021. Its residual gap is onnxruntime's
-    # own float32 rounding in the convolutions, which flips single int8 steps
-    # that then cascade through the per-channel statistics.
+    # fake-quant measured max 0.21, mean 0.021 with XLA's 9x9 convolutions, and, on
+    # the 2-core AVX2 EPYC, max 0.42, mean 0.034 with the 9x9 layers on 2x2 blocks
+    # (the same sums in another float order). Its residual gap is float32 rounding
+    # (onnxruntime's and ours) in the convolutions, which flips single int8 steps
+    # that then cascade through the per-channel statistics: which steps flip
+    # depends on the summation order, hence on the CPU's vector width.
     float_err = _err(transfer(params, content, vec8), int8)
     fq_err = _err(transfer(fq_params, content, vec8), int8)
     assert float_err[0] < 0.6 and float_err[1] < 0.05, float_err
-    assert fq_err[0] < 0.3 and fq_err[1] < 0.03, fq_err
-    assert fq_err[1] < float_err[1]
+    assert fq_err[0] < 0.5 and fq_err[1] < 0.04, fq_err
+    assert fq_err[1] < float_err[1]  # quantizing like the int8 graph brings it closer
 
 
 def test_fully_convolutional_non_square(params, sessions, style):
