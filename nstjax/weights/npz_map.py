@@ -25,6 +25,7 @@ import struct
 import zipfile
 from collections.abc import Mapping
 
+import jax
 import numpy as np
 
 ALIGN = 64  # bytes: XLA:CPU adopts a host array without a copy only at this alignment
@@ -125,25 +126,13 @@ def _mapping(a: np.ndarray) -> mmap.mmap | None:
 
 
 def release(tree) -> int:
-    """Drops the resident pages of the mapped arrays in ``tree`` (nested dicts, lists or
-    tuples; other leaves are skipped); they are read again from the file when next
-    touched. Returns the bytes released (whole pages inside the arrays)."""
+    """Drops the resident pages of the mapped arrays in the pytree ``tree`` (other leaves
+    are skipped); they are read again from the file when next touched. Returns the bytes
+    released (whole pages inside the arrays)."""
     advice = getattr(mmap, "MADV_DONTNEED", None)
     if advice is None:
         return 0
-    leaves = []
-
-    def walk(node):
-        if isinstance(node, Mapping):
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, (list, tuple)):
-            for v in node:
-                walk(v)
-        elif isinstance(node, np.ndarray):
-            leaves.append(node)
-
-    walk(tree)
+    leaves = [a for a in jax.tree.leaves(tree) if isinstance(a, np.ndarray)]
     released = 0
     bases: dict[int, int] = {}  # id(mapping) -> its address
     for a in leaves:
