@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 
+from nstjax import pages
+
 ENV = "NSTJAX_COMPILE_CHILD"
 ALLOWED = frozenset({("nstjax.optim", "precompile"), ("nstjax.panel", "prebuild")})
 TIMEOUT_S = 1800.0
@@ -130,7 +132,9 @@ def main() -> int:
     import importlib  # noqa: PLC0415
 
     try:
-        getattr(importlib.import_module(module), name)(*args)
+        fn = getattr(importlib.import_module(module), name)
+        pages.release()  # what the imports touched: the compile maps back the code it runs
+        fn(*args)
     except Exception as e:  # noqa: BLE001  (one line for the parent; it compiles itself)
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1

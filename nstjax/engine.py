@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nstjax import aot, malloc, monitor, optim, optimizers, vgg
+from nstjax import aot, malloc, monitor, optim, optimizers, pages, vgg
 from nstjax.build import Job
 from nstjax.errors import NstError
 from nstjax.weights import npz_map
@@ -125,6 +125,7 @@ def run_group(
         keys_R = jax.device_put(np.stack([j.key for j in batch]), runs_sharding)
         state = init_states_jit(p.opt, init_R, keys_R)
         if prepared is None:  # Winograd kernel transforms, once per group
+            pages.release()  # the first peak: the code pages imports and loads touched go
             # device_put of host arrays: no copy on CPU (64-byte aligned: cache.aligned)
             vgg_params = jax.device_put(jobs[0].vgg_params, replicated)
             prepared = vgg.prepare_params_jit(
@@ -149,6 +150,7 @@ def run_group(
                 _compile_in_children(p, batch[0], state, ctx)
                 runner = make_runner(p, state, ctx)
             compile_seconds, programs = time.perf_counter() - t0, compiles.events
+        pages.release()  # the compiler's code pages (cold) and the loaders' leave the steps
         t0 = time.perf_counter()
         history = np.zeros((size, len(p.objective.record_keys), 0), np.float32)
         for n in chunk_plan(p.steps, p.chunk_size, p.save_every):
