@@ -17,16 +17,19 @@ page that is read again is mapped back from the page cache (a minor fault, no di
 read while the file stays cached). Writable mappings, anonymous memory, device files,
 deleted files and locked or I/O mappings are left alone. Linux only (elsewhere it does
 nothing); the engine calls it before the Winograd kernel transforms, a run's first
-memory peak, and before the steps. ``NSTJAX_RELEASE_PAGES=0`` turns it off.
+memory peak, and before the steps, and each compile child (:mod:`nstjax.child`) before
+it compiles (the weights' own mapping is released during the run
+by :func:`nstjax.weights.npz_map.release`, array by array). ``NSTJAX_RELEASE_PAGES=0``
+turns it off.
 """
 
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import sys
 
-MADV_DONTNEED = 4  # <sys/mman.h> on Linux, every architecture
 SKIP_FLAGS = frozenset({"lo", "io", "pf", "dd"})
 """``VmFlags`` of mappings left alone: locked, memory-mapped I/O, raw page frames, and
 excluded from core dumps (device memory)."""
@@ -79,7 +82,8 @@ def releasable(m: dict) -> bool:
 def release(environ=os.environ, smaps: str = "/proc/self/smaps") -> int:
     """Gives back the resident pages of every :func:`releasable` mapping of this process;
     returns how many KiB were resident in them (0: off, not Linux, nothing to give)."""
-    if environ.get(ENV, "1") == "0" or not sys.platform.startswith("linux"):
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if environ.get(ENV, "1") == "0" or advice is None or not sys.platform.startswith("linux"):
         return 0
     try:
         found = [m for m in mappings(smaps) if releasable(m)]
@@ -89,4 +93,4 @@ def release(environ=os.environ, smaps: str = "/proc/self/smaps") -> int:
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     madvise.restype = ctypes.c_int
     return sum(m["Rss"] for m in found
-               if madvise(m["start"], m["end"] - m["start"], MADV_DONTNEED) == 0)  # fmt: skip
+               if madvise(m["start"], m["end"] - m["start"], advice) == 0)  # fmt: skip
