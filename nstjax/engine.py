@@ -150,7 +150,7 @@ def run_group(
                 _compile_in_children(p, batch[0], state, ctx)
                 runner = make_runner(p, state, ctx)
             compile_seconds, programs = time.perf_counter() - t0, compiles.events
-        pages.release()  # the compiler's code pages (cold) and the loaders' leave the steps
+            pages.release()  # the compiler's code pages (cold), the loaders': once a group
         t0 = time.perf_counter()
         history = np.zeros((size, len(p.objective.record_keys), 0), np.float32)
         for n in chunk_plan(p.steps, p.chunk_size, p.save_every):
