@@ -25,14 +25,19 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{self.prog}: {message}")
 
+    def format_help(self):
+        describe = getattr(self, "describe", None)  # text that needs JAX: only for --help
+        if describe is not None:
+            self.description = describe()
+        return super().format_help()
+
 
 def _add_stylize(sub) -> None:
-    p = sub.add_parser(
-        "stylize",
-        help="stylize one content image",
-        description="Gatys et al. style transfer (or --method arbitrary). Settings flags are "
+    p = sub.add_parser("stylize", help="stylize one content image")
+    p.describe = lambda: (
+        "Gatys et al. style transfer (or --method arbitrary). Settings flags are "
         "generated from nstjax.Settings; loss terms: --style-loss KIND[:opt=v,...] "
-        f"(registered: {', '.join(terms.kinds())}).",
+        f"(registered: {', '.join(terms.kinds())})."
     )
     p.add_argument("--content", required=True, help="content image")
     p.add_argument(
@@ -48,9 +53,26 @@ def _add_stylize(sub) -> None:
 
 
 def _cmd_stylize(args) -> int:
+    settings = flags.settings_from_args(args)
+    m = None
+    if settings.method == "arbitrary" and not (args.metrics_csv or args.tensorboard):
+        from nstjax.arbitrary import bare_command  # noqa: PLC0415
+
+        m = bare_command.stylize(settings, args.content, args.style, args.output, args.metrics)
+    if m is None:
+        process.setup()  # the JAX defaults (the command started without JAX)
+        m = _stylize_with_jax(args, settings)
+    if settings.method == "arbitrary":
+        detail = f"arbitrary, {m['seconds']:.1f} s with compilation"
+    else:
+        detail = f"{m['steps']} steps, {m['seconds']:.1f} s, loss {m['final']['loss']:.4g}"
+    print(f"wrote {args.output} ({m['width']}x{m['height']}, {detail})", file=sys.stderr)
+    return 0
+
+
+def _stylize_with_jax(args, settings) -> dict:
     from nstjax import gatys  # noqa: PLC0415  (keeps `nstjax --help` fast)
 
-    settings = flags.settings_from_args(args)
     _, m = gatys.stylize(
         args.content,
         args.style,
@@ -61,12 +83,7 @@ def _cmd_stylize(args) -> int:
         progress=not args.quiet,
         settings=settings,
     )
-    if settings.method == "arbitrary":
-        detail = f"arbitrary, {m['seconds']:.1f} s with compilation"
-    else:
-        detail = f"{m['steps']} steps, {m['seconds']:.1f} s, loss {m['final']['loss']:.4g}"
-    print(f"wrote {args.output} ({m['width']}x{m['height']}, {detail})", file=sys.stderr)
-    return 0
+    return m
 
 
 def _add_weights(sub) -> None:
@@ -227,7 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def go() -> int:
-        process.setup()  # inside guarded: a bad XLA_FLAGS is one line, exit 2
+        # inside guarded: a bad XLA_FLAGS is one line, exit 2. `stylize` may run without
+        # JAX (nstjax.bare): it applies the JAX defaults itself when it needs them.
+        process.setup(with_jax=argv[:1] != ["stylize"])
         if argv[:1] == ["run"]:  # absl parses its own flags (--config.x=y overrides)
             from nstjax import main as absl_main  # noqa: PLC0415
 

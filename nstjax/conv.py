@@ -13,13 +13,21 @@ the transform runs inside every call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
 from nstjax import winograd
-from nstjax.errors import UsageError
+from nstjax.conv_policy import (  # noqa: F401  (re-exported: conv.CONV_IMPLS, ...)
+    AUTO_F3_MAX_PIXELS,
+    AUTO_F3_MIN_CHANNELS,
+    AUTO_MAX_PIXELS,
+    AUTO_MIN_CHANNELS,
+    CONV_IMPLS,
+    DEFAULT_IMPL,
+    Policy,
+    check_impl,
+    tile_size,
+)
 
 
 def conv_xla(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
@@ -31,96 +39,6 @@ def conv_xla(x_BxHxWxC: jax.Array, kernel_3x3xCxO: jax.Array) -> jax.Array:
         padding="SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-
-
-Policy = Callable[[int, int, int, int], int]
-
-
-def _fixed(m: int, min_channels: int) -> Policy:
-    def policy(h: int, w: int, c: int, o: int) -> int:
-        del h, w, o
-        return m if c >= min_channels else 0
-
-    return policy
-
-
-AUTO_MIN_CHANNELS = 16  # input channels: the RGB layer stays XLA's
-AUTO_MAX_PIXELS = 256 * 256
-AUTO_F3_MIN_CHANNELS = 256
-AUTO_F3_MAX_PIXELS = 16 * 16
-
-
-def _auto(h: int, w: int, c: int, o: int) -> int:
-    """On CPU, F(4x4, 3x3) on every layer with >= 16 input channels and at most
-    256x256 pixels, else XLA's convolution.
-
-    With the Kronecker-product transforms (:mod:`nstjax.winograd`), whole VGG19
-    value-and-gradient steps on the 2-core AVX-512 CPU (``benchmarks/conv_speed.py
-    --aspect 0.75 --impls I``, one process per policy, 3 rounds alternated; seconds per
-    step, medians): at 256x192 F(4x4) on every layer but the RGB one (``winograd4``)
-    0.162-0.169 against 0.196-0.248 for the previous policy (Winograd only from 64 input
-    and 128 output channels and from 32x32 to 256x256 pixels) and 0.172-0.173 for
-    ``winograd4_wide``; at 512x384 0.628-0.648 against 0.648-0.753. Past 256x256 pixels
-    a layer's transforms are memory-bound and their buffers large: at 1024x768
-    ``winograd4`` peaked at 5.1 GB against 3.7 GB for the 256x256 bound, for 3.1-3.2
-    against 3.3-3.4 s a step, so the bound stays.
-
-    On GPU, F(2x2, 3x3) on every layer with >= 16 input channels, at any size: on an
-    NVIDIA H200 (jax 0.11.2, ``benchmarks/gpu_autotune_probe.py``, a fresh process and
-    an empty compile cache per setting, 2026-12-04) the 512x512 L-BFGS step ran in
-    0.028 s with ``winograd2`` (compile 13.0 s) and 0.027 s with ``winograd4`` (16.1 s)
-    without autotuning (``--xla_gpu_autotune_level=0``, :mod:`nstjax.xla_flags`),
-    against 0.79 s for XLA's convolution without autotuning, whose cuDNN autotuning
-    took over 95 s to compile the step (every setting tried). F(2x2) compiles faster, so
-    its whole run is shorter up to ~2,000 steps; at 1024x1024 its step took 0.075 s,
-    its device memory 5.5 GB (XLA's convolution: 3.15 s, 5.1 GB). TPUs keep XLA's
-    convolution (not measured).
-
-    On CPU, layers of at most 16x16 positions and 256+ input channels (conv5_1 at
-    256x192) take F(3x3, 3x3) instead: with so few tiles the products stream the kernel
-    (F(4x4)'s 36 points of 512x512 floats, 36 MiB, for 12 tiles), and F(3x3)'s 25 points
-    take 11 MiB less memory for the same step time (the 256x192 value-and-gradient,
-    ``python benchmarks/conv_speed.py --sizes 256 --aspect 0.75 --impls auto winograd4
-    --repeats 10`` and the reverse order, twice: medians 0.231-0.239 s against
-    0.231-0.238 s for F(4x4) there). Below that many channels, and on conv4_x (F(3x3)
-    there took 2-3% longer steps), F(4x4) stays.
-    """
-    del o
-    backend = jax.default_backend()
-    if backend == "gpu":
-        return 2 if c >= AUTO_MIN_CHANNELS else 0
-    if backend != "cpu":
-        return 0
-    if c >= AUTO_F3_MIN_CHANNELS and h * w <= AUTO_F3_MAX_PIXELS:
-        return 3
-    return 4 if c >= AUTO_MIN_CHANNELS and h * w <= AUTO_MAX_PIXELS else 0
-
-
-CONV_IMPLS: dict[str, Policy] = {
-    "xla": _fixed(0, 0),
-    "auto": _auto,
-    # Fixed Winograd everywhere except the RGB input layer (3 channels cannot amortize
-    # the transforms), and a variant limited to wide layers.
-    "winograd2": _fixed(2, 16),
-    "winograd3": _fixed(3, 16),
-    "winograd4": _fixed(4, 16),
-    "winograd4_wide": _fixed(4, 128),
-}
-
-DEFAULT_IMPL = "auto"
-
-
-def check_impl(name: str) -> str:
-    if name not in CONV_IMPLS:
-        raise UsageError(
-            f"unknown convolution implementation {name!r}; use one of {sorted(CONV_IMPLS)}"
-        )
-    return name
-
-
-def tile_size(impl: str, h: int, w: int, c: int, o: int) -> int:
-    """Winograd output tile size the policy ``impl`` picks for a layer (0: XLA)."""
-    return CONV_IMPLS[check_impl(impl)](h, w, c, o)
 
 
 def prepare_kernel(kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:

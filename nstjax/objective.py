@@ -57,7 +57,7 @@ class Objective:
                     raise UsageError(
                         f"loss term {self.terms[i].kind!r} cannot take region masks; "
                         "spatial control works with: "
-                        f"{sorted(k for k, v in registry.KINDS.items() if v.masked_loss)}"
+                        f"{sorted(k for k, v in registry.registered().items() if v.masked_loss)}"
                     )
         if not any(registry.get(t.kind).reads == "features" for t in self.terms):
             raise UsageError("the objective needs at least one content or style term")

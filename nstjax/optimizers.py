@@ -3,7 +3,8 @@
 Each optimizer turns the gradient into a *descent direction*; the step subtracts
 ``lr * direction`` with ``lr`` a dynamic argument, so a learning-rate sweep never
 recompiles. This module holds no compiled loop (that is :mod:`nstjax.optim`), so the
-settings schema can import it; optax is imported when an optimizer is first built.
+settings schema can import it; JAX and optax are imported when a state or an optimizer is
+first built.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
-
 from nstjax.errors import UsageError
 
 if TYPE_CHECKING:
+    import jax
     import optax
 
 
@@ -86,6 +85,9 @@ def init_state(opt: OptimizerSpec, image_BxHxWx3: jax.Array, key: jax.Array) -> 
     ``key`` is the run's raw PRNG key (``jax.random.PRNGKey(seed)``); each step folds
     its step number into it, so stochastic terms are reproducible.
     """
+    import jax  # noqa: PLC0415  (JAX when a run starts: the settings import this module)
+    import jax.numpy as jnp  # noqa: PLC0415
+
     image = jnp.asarray(image_BxHxWx3, jnp.float32)
     state = {
         "image": image,
@@ -101,4 +103,6 @@ def init_state(opt: OptimizerSpec, image_BxHxWx3: jax.Array, key: jax.Array) -> 
 
 def init_states(opt: OptimizerSpec, images_RxBxHxWx3: jax.Array, keys_Rx2: jax.Array) -> dict:
     """:func:`init_state` for a leading runs axis (sharding follows the input's)."""
+    import jax  # noqa: PLC0415
+
     return jax.vmap(lambda im, k: init_state(opt, im, k))(images_RxBxHxWx3, keys_Rx2)

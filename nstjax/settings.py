@@ -14,9 +14,10 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
-from nstjax import conv, terms, vgg
+from nstjax import conv_policy, vgg_layers
 from nstjax.errors import UsageError
 from nstjax.optimizers import DEFAULT_LR, OPTIMIZERS
+from nstjax.terms import registry as terms
 
 GATYS_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 INITS = ("content", "noise", "style", "arbitrary")  # or a path to an image file
@@ -138,7 +139,7 @@ class Settings:
     style_blend: tuple[float, ...] | None = _field(
         None, "weights of the style images, e.g. 0.7,0.3", "floats", BOTH
     )
-    pooling: str = _field("avg", "max or avg (the paper's)", "str", choices=vgg.POOLINGS)
+    pooling: str = _field("avg", "max or avg (the paper's)", "str", choices=vgg_layers.POOLINGS)
     pool_rounding: str = _field(
         "auto",
         "odd-sized maps: ceil (Caffe's, keeps the border), floor, or auto (ceil for "
@@ -155,10 +156,10 @@ class Settings:
     loop: str = _field("auto", "auto, device (fori_loop) or host (dispatch)", "str",
                        choices=LOOPS)  # fmt: skip
     conv_impl: str = _field(
-        conv.DEFAULT_IMPL,
+        conv_policy.DEFAULT_IMPL,
         "convolution policy: auto (Winograd on every layer but the RGB one: F(4x4) on CPU "
         "up to 256x256 px, F(3x3) on deep layers of at most 16x16, F(2x2) on GPU; XLA's "
-        "elsewhere), " + ", ".join(k for k in conv.CONV_IMPLS if k != "auto"),
+        "elsewhere), " + ", ".join(k for k in conv_policy.CONV_IMPLS if k != "auto"),
         "str",
     )
     weights: str = _field("auto", "VGG19 weights: a source name or a file", "str")
@@ -191,9 +192,9 @@ class Settings:
                 raise UsageError(
                     f"unknown {f.name} {getattr(self, f.name)!r}; use one of {choices}"
                 )
-        vgg.check_layers(self.content_layers, "content layer")
-        vgg.check_layers(self.style_layers, "style layer")
-        conv.check_impl(self.conv_impl)
+        vgg_layers.check_layers(self.content_layers, "content layer")
+        vgg_layers.check_layers(self.style_layers, "style layer")
+        conv_policy.check_impl(self.conv_impl)
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(
                 f"unknown optimizer {self.optimizer!r}; use one of {sorted(OPTIMIZERS)}"
@@ -233,8 +234,21 @@ class Settings:
             raise UsageError(f"lr must be a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.style_strength) and 0 <= self.style_strength <= 1):
             raise UsageError(f"--style-strength must be in [0, 1], got {self.style_strength}")
-        self.term_configs()  # validates every term string
-        self.panel_distances()
+        if self._uses_terms():
+            self.term_configs()  # validates every term string
+            self.panel_distances()
+
+    def _uses_terms(self) -> bool:
+        """Whether the term strings (losses, panel) need checking against the registry:
+        always for a method that uses them, else only where they were set (the defaults
+        are valid), so a fast-network command is parsed without loading the built-in
+        kinds (JAX)."""
+        fields = [f for f in dataclasses.fields(self) if f.metadata["type"] == "terms"]
+        fields += [f for f in dataclasses.fields(self) if f.name in ("gram_norm", "panel")]
+        return any(
+            self.method in f.metadata["methods"] or getattr(self, f.name) != f.default
+            for f in fields
+        )
 
     @property
     def resolved_lr(self) -> float:
@@ -279,7 +293,7 @@ class Settings:
                         f"{role} terms are {list(terms.kinds(role))}"
                     )
                 if c.layers is not None:
-                    vgg.check_layers(c.layers, f"{c.kind} layer")
+                    vgg_layers.check_layers(c.layers, f"{c.kind} layer")
                 for v in c.layer_weights or ():
                     _finite_nonneg(f"{c.kind} layer_weights", v)
                 out.append(c)

@@ -104,7 +104,7 @@ def supported(obj: objective.Objective, tile: int | None = None) -> None:
     bad = [t.name for t, k in zip(obj.terms, kinds, strict=True)
            if (k.reads == "features" and k.tile_stats is None) or k.stochastic]  # fmt: skip
     if bad or obj.regions:
-        ok = sorted(k for k, v in registry.KINDS.items()
+        ok = sorted(k for k, v in registry.registered().items()
                     if (v.tile_stats or v.reads == "pixels") and not v.stochastic)  # fmt: skip
         what = f"loss terms {bad}" if bad else "spatial control (masks)"
         raise UsageError(f"{what} cannot be tiled; tiles work with: {ok}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -88,27 +89,33 @@ def test_init_arbitrary_starts_from_the_fast_networks_output(images, real_weight
     assert np.mean(np.abs(out.astype(float) - plain)) > 10  # not the content image
 
 
-def test_a_warm_command_reads_both_programs_whole(base, tmp_path, monkeypatch):
-    """The fast network's programs go through nstjax's store of whole executables: a
-    second command compiles and traces nothing, does not even import Flax, and draws
-    the same image."""
+def test_a_warm_command_runs_both_programs_without_jax(base, tmp_path, monkeypatch):
+    """The fast network's programs go through nstjax's store of whole executables and
+    its bare records (nstjax.bare): a second command imports neither JAX nor Flax and
+    runs both stored programs with jaxlib alone; with NSTJAX_BARE=0 it reads both
+    whole executables through JAX, tracing nothing. All three draw the same image."""
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
     monkeypatch.setenv("NSTJAX_COMPILE_CACHE", str(tmp_path / "xla"))
     runs = []
-    for name in ("cold", "warm"):
+    for name, bare in (("cold", "1"), ("warm", "1"), ("jax", "0")):
         cmd = [*base[:-4], "--output", str(tmp_path / f"{name}.png"), "--size", "64"]
         cmd += ["--metrics", str(tmp_path / f"{name}.json"), "--quiet"]
         res = subprocess.run([sys.executable, "-X", "importtime", "-m", "nstjax", *cmd],
-                             check=True, capture_output=True, text=True)  # fmt: skip
-        runs.append(json.loads((tmp_path / f"{name}.json").read_text())["compiles"])
+                             check=True, capture_output=True, text=True,
+                             env={**os.environ, "NSTJAX_BARE": bare})  # fmt: skip
+        runs.append(json.loads((tmp_path / f"{name}.json").read_text()))
         imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines()}
         assert ("flax" in imported) == (name == "cold"), name
-    cold, warm = runs
+        assert ("jax" in imported) == (name != "warm"), name
+        assert "pjrt_client" not in res.stderr  # jaxlib's C++ log stays quiet, as with JAX
+    cold, warm, jax_ = (r["compiles"] for r in runs)
     assert cold["compiled"] >= 2 and cold["whole_executables"] == 0
-    # the style predictor's and the transformer's programs, neither traced
-    assert warm["compiled"] == 0 and warm["whole_executables"] == 2
-    a = np.asarray(Image.open(tmp_path / "cold.png"))
-    b = np.asarray(Image.open(tmp_path / "warm.png"))
+    assert warm["compiled"] == 0 and warm["bare"] == 2  # the predictor and the transformer
+    assert jax_["compiled"] == 0 and jax_["whole_executables"] == 2 and "bare" not in jax_
+    assert runs[1]["backend"] == runs[2]["backend"] == "cpu"
+    assert {k for k in runs[1] if k != "compiles"} == {k for k in runs[2] if k != "compiles"}
+    a, b, c = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("cold", "warm", "jax"))
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)

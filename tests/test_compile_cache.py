@@ -142,7 +142,7 @@ def test_whole_executables_need_a_key_the_source_covers(monkeypatch, tmp_path):
     finally:
         jax.config.update("jax_enable_x64", False)
     # a kind registered from user code: its function is outside the package
-    kind = registry.KINDS["gram"]
+    kind = registry.registered()["gram"]
     monkeypatch.setitem(
         registry.KINDS, "mine", dataclasses.replace(kind, name="mine", loss=lambda *a, **o: 0)
     )

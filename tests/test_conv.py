@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from nstjax import conv, vgg, vgg_net, winograd
+from nstjax.errors import UsageError
 
 TOLERANCE = {
     "xla": 1e-5,
@@ -130,7 +131,7 @@ def test_conv3x3_adds_bias_and_checks_impl():
         y = conv.conv3x3(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias), impl)
         assert relative_error(y, reference_conv(x, kernel) + bias) < TOLERANCE[impl]
     assert conv.DEFAULT_IMPL in conv.CONV_IMPLS
-    with pytest.raises(conv.UsageError):
+    with pytest.raises(UsageError):
         conv.conv3x3(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias), "nope")
 
 
@@ -191,7 +192,7 @@ def test_auto_policy_picks_winograd_where_it_pays_on_cpu():
     assert conv.tile_size("auto", 24, 32, 512, 512) == 4  # conv4_x at 256x192, conv5_1 at 512
     assert conv.tile_size("xla", 64, 64, 256, 256) == 0
     assert conv.tile_size("winograd2", 8, 8, 16, 16) == 2
-    with pytest.raises(conv.UsageError, match="unknown convolution implementation"):
+    with pytest.raises(UsageError, match="unknown convolution implementation"):
         conv.tile_size("fft", 8, 8, 16, 16)
 
 

@@ -6,18 +6,32 @@
 Images are float32 NHWC in [0, 1]; one jitted call stylizes a whole batch.
 """
 
-from nstjax.arbitrary.api import prepare_style, style_vector, stylize, transfer
-from nstjax.arbitrary.run import stylize_jit, stylize_pixels
-from nstjax.arbitrary.weights import fetch as fetch_params
-from nstjax.arbitrary.weights import load as load_params
+import importlib
 
-__all__ = [
-    "fetch_params",
-    "load_params",
-    "prepare_style",
-    "style_vector",
-    "stylize",
-    "stylize_jit",
-    "stylize_pixels",
-    "transfer",
-]
+_EXPORTS = {
+    "fetch_params": ("nstjax.arbitrary.weights", "fetch"),
+    "load_params": ("nstjax.arbitrary.weights", "load"),
+    "prepare_style": ("nstjax.arbitrary.api", "prepare_style"),
+    "style_vector": ("nstjax.arbitrary.api", "style_vector"),
+    "stylize": ("nstjax.arbitrary.api", "stylize"),
+    "stylize_jit": ("nstjax.arbitrary.run", "stylize_jit"),
+    "stylize_pixels": ("nstjax.arbitrary.run", "stylize_pixels"),
+    "transfer": ("nstjax.arbitrary.api", "transfer"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Loads an exported name on first use: the package imports no JAX by itself (its
+    :mod:`~nstjax.arbitrary.bare_command` runs without it)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nstjax.arbitrary' has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from nstjax import aot
-from nstjax.arbitrary import api
+from nstjax.arbitrary import api, bare_command
 from nstjax.arbitrary import weights as arbitrary_weights
 from nstjax.inputs import ImageCache, ImageLike
 from nstjax.settings import Settings, blend_weights
@@ -79,17 +79,19 @@ def _style_vector(params, style_1xHxWx3):
 
 # Whole executables through nstjax's store (:mod:`nstjax.aot`): a warm command neither
 # traces the Flax networks (~1.7 s of a 384 px command) nor looks them up in JAX's cache.
-_transfer_jit = aot.Jit(_transfer, static_argnums=(4,))
-_style_vector_jit = aot.Jit(_style_vector)
+# Each also kept as a bare record, which a warm command runs without importing JAX
+# (:mod:`nstjax.arbitrary.bare_command`).
+_transfer_jit = aot.Jit(_transfer, static_argnums=(4,), bare_name=bare_command.TRANSFER)
+_style_vector_jit = aot.Jit(_style_vector, bare_name=bare_command.STYLE_VECTOR)
 
 
 def _style_vec(params, job: ArbitraryJob, cache: dict) -> np.ndarray:
     key = (job.style_key, tuple(job.blend)) if job.style_key is not None else None
     if key is not None and key in cache:
         return cache[key]
-    vecs = [np.asarray(_style_vector_jit(params, np.asarray(s, np.float32)[None] / 255.0))[0]
+    vecs = [np.asarray(_style_vector_jit(params, bare_command.style_input(s)))[0]
             for s in job.styles]  # fmt: skip
-    vec = np.asarray(job.blend, np.float32) @ np.stack(vecs)
+    vec = bare_command.blend(vecs, job.blend)
     if key is not None:
         cache[key] = vec
     return vec
@@ -111,7 +113,7 @@ def run_group(
         batch = jobs[start : start + batch_size]
         t0 = time.perf_counter()
         vecs = np.stack([_style_vec(params, j, vec_cache) for j in batch])
-        contents = np.stack([j.content_HxWx3 for j in batch]).astype(np.float32) / 255.0
+        contents = bare_command.content_input([j.content_HxWx3 for j in batch])
         strengths = np.asarray([j.strength for j in batch], np.float32)
         own_style = bool(np.any(strengths != 1.0))
         out = np.asarray(_transfer_jit(params, contents, vecs, strengths, own_style)) * 255.0
@@ -122,24 +124,8 @@ def run_group(
 
 def metrics(job: ArbitraryJob, seconds: float, batch: int = 1) -> dict:
     h, w = job.content_HxWx3.shape[:2]
-    return {
-        "method": "arbitrary",
-        "status": "done",
-        "height": int(h),
-        "width": int(w),
-        "style_strength": job.strength,
-        "style_blend": job.blend,
-        "batch_seconds": seconds,
-        "batch_size": batch,
-        "settings": job.settings.as_dict(),
-        "weights": {
-            "source": arbitrary_weights.NAME,
-            "sha256": (arbitrary_weights.cache.lookup(arbitrary_weights.NAME) or {}).get(
-                "npz_sha256"
-            ),
-        },
-        "backend": jax.default_backend(),
-    }
+    return bare_command.metrics(job.settings, h, w, job.strength, job.blend, seconds, batch,
+                                jax.default_backend())  # fmt: skip
 
 
 def stylize_one(settings: Settings, content: ImageLike, styles: Sequence[ImageLike]):

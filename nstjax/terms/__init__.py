@@ -1,13 +1,12 @@
 """Loss terms: the registry (:mod:`nstjax.terms.registry`) and the built-in kinds.
 
-Importing this package registers the built-in kinds; user code adds its own with
+The built-in kinds (``gatys``: mse, gram, tv; ``hist``; ``patches``: mrf, relaxed_emd,
+selfsim; ``stats``: meanstd, mmd_*, w2, sliced_w2) are registered on the first lookup
+(:func:`get`, :func:`kinds`, :func:`parse`, :func:`register`, :func:`registered`), not at
+import: parsing a command needs no JAX. User code adds its own kinds with
 :func:`register` (re-exported here and as ``nstjax.register_term``).
 """
 
-from nstjax.terms import gatys as _gatys  # noqa: F401  (registers mse, gram, tv)
-from nstjax.terms import hist as _hist  # noqa: F401  (hist)
-from nstjax.terms import patches as _patches  # noqa: F401  (mrf, relaxed_emd, selfsim)
-from nstjax.terms import stats as _stats  # noqa: F401  (meanstd, mmd_*, w2, sliced_w2)
 from nstjax.terms.registry import (
     KINDS,
     Kind,
@@ -17,6 +16,7 @@ from nstjax.terms.registry import (
     kinds,
     parse,
     register,
+    registered,
     unique_names,
 )
 
@@ -29,5 +29,6 @@ __all__ = [
     "kinds",
     "parse",
     "register",
+    "registered",
     "unique_names",
 ]

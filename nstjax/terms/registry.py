@@ -49,6 +49,7 @@ Unknown kinds and options fail loudly.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -83,7 +84,28 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {}
-"""name -> :class:`Kind`. Use :func:`register` to add, :func:`get` to look up."""
+"""name -> :class:`Kind`. Use :func:`register` to add, :func:`get` to look up,
+:func:`registered` for all (the built-in kinds loaded)."""
+
+BUILTIN_MODULES = ("gatys", "hist", "patches", "stats")
+"""The modules of ``nstjax.terms`` that register the built-in kinds (they import JAX)."""
+_builtins: list[str] = []
+
+
+def load_builtins() -> None:
+    """Registers the built-in kinds, on the first lookup (not at import), so that the
+    settings schema, which checks term strings with this module, can be imported and a
+    command parsed without JAX."""
+    if not _builtins:
+        _builtins.append("loading")  # the modules' own register() calls come back here
+        for name in BUILTIN_MODULES:
+            importlib.import_module(f"nstjax.terms.{name}")
+
+
+def registered() -> dict[str, Kind]:
+    """Every registered kind, the built-in ones included (:data:`KINDS`)."""
+    load_builtins()
+    return KINDS
 
 
 def register(
@@ -115,6 +137,7 @@ def register(
     """
     if not name or not name.replace("_", "").isalnum():
         raise UsageError(f"term kind names are letters, digits and '_', got {name!r}")
+    load_builtins()
     if name in KINDS and not replace:
         raise UsageError(f"term kind {name!r} is already registered (pass replace=True)")
     if role not in ROLES:
@@ -144,6 +167,7 @@ def register(
 
 def get(name: str) -> Kind:
     """The kind registered as ``name``; an unknown name is a UsageError listing the known."""
+    load_builtins()
     try:
         return KINDS[name]
     except KeyError:
@@ -151,7 +175,7 @@ def get(name: str) -> Kind:
 
 
 def kinds(role: str | None = None) -> tuple[str, ...]:
-    return tuple(sorted(k for k, v in KINDS.items() if role is None or v.role == role))
+    return tuple(sorted(k for k, v in registered().items() if role is None or v.role == role))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,6 @@ import struct
 import zipfile
 from collections.abc import Mapping
 
-import jax
 import numpy as np
 
 ALIGN = 64  # bytes: XLA:CPU adopts a host array without a copy only at this alignment
@@ -132,6 +131,8 @@ def release(tree) -> int:
     advice = getattr(mmap, "MADV_DONTNEED", None)
     if advice is None:
         return 0
+    import jax  # noqa: PLC0415  (reading weights needs no JAX: nstjax.bare)
+
     leaves = [a for a in jax.tree.leaves(tree) if isinstance(a, np.ndarray)]
     released = 0
     bases: dict[int, int] = {}  # id(mapping) -> its address

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
-
 from nstjax.errors import UsageError
 
 
@@ -36,11 +34,15 @@ class Preprocessing:
 
     def to_network(self, pixels_BxHxWx3):
         """Pixel space -> network input space."""
+        import jax.numpy as jnp  # noqa: PLC0415  (the weight sources are read without JAX)
+
         x = pixels_BxHxWx3[..., self._perm()] * self.pixel_scale
         return (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
 
     def to_pixels(self, net_BxHxWx3):
         """Network input space -> pixel space (the exact inverse)."""
+        import jax.numpy as jnp  # noqa: PLC0415
+
         x = net_BxHxWx3 * jnp.asarray(self.std, net_BxHxWx3.dtype)
         x = (x + jnp.asarray(self.mean, x.dtype)) / self.pixel_scale
         return x[..., self._perm()]
