@@ -119,3 +119,9 @@ def test_a_warm_command_runs_both_programs_without_jax(base, tmp_path, monkeypat
     a, b, c = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("cold", "warm", "jax"))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)
+    # the bare path's input errors are the JAX path's: one line, exit code 2, no image
+    cmd = [*base[:-8], "--content", base[4], "--style", str(tmp_path / "missing.jpg"),
+           "--output", str(tmp_path / "bad.png"), "--size", "64", "--quiet"]  # fmt: skip
+    res = subprocess.run([sys.executable, "-m", "nstjax", *cmd], capture_output=True, text=True)
+    assert res.returncode == 2 and "not found" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad.png").exists()

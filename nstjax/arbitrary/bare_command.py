@@ -122,35 +122,37 @@ def stylize(
     json_path = atomic.check_writable(metrics_path) if metrics_path is not None else None
     runtime = _Background(bare.Runtime)  # jaxlib's import and its client, meanwhile
     weights = blend_weights(settings.style_blend, len(styles))
-    content_HxWx3 = image.load(content, long_side=settings.size)
-    style_images = [image.load(s) for s in styles]
-    strength = float(settings.style_strength)
     try:
         params, _ = cache.load(arbitrary_weights.NAME)
     except Exception:  # noqa: BLE001  (damaged: the JAX path says so, or fetches)
         runtime.wait()
         return None
-    contents = content_input([content_HxWx3])
-    strengths = np.asarray([strength], np.float32)
-    vec_shape = np.zeros((1, 100), np.float32)  # the transformer's key: shapes only
+    strength = float(settings.style_strength)
+    predictors = None
     try:
-        transfer_record = _record(
-            TRANSFER, (strength != 1.0,), (params, contents, vec_shape, strengths)
-        )
-        style_records = [_record(STYLE_VECTOR, (), (params, style_input(s))) for s in style_images]
+        style_args = [bare.flatten((params, style_input(image.load(s)))) for s in styles]
+        records = [bare.read(bare.key(STYLE_VECTOR, (), a)) for a in style_args]
+        # the style predictor's executables are decoded while the content image is
+        # (jaxlib and PIL release the GIL), the transformer's after it
+        predictors = _Background(lambda: [runtime.result().load(r) for r in records])
+        content_HxWx3 = image.load(content, long_side=settings.size)
+        contents = content_input([content_HxWx3])
+        strengths = np.asarray([strength], np.float32)
+        vec_shape = np.zeros((1, 100), np.float32)  # the transformer's key: shapes only
+        transfer_args = bare.flatten((params, contents, vec_shape, strengths))
+        record = bare.read(bare.key(TRANSFER, (strength != 1.0,), transfer_args))
         t1 = time.perf_counter()
         rt = runtime.result()
-        vecs = []
-        for s, record in zip(style_images, style_records, strict=True):
-            args = bare.flatten((params, style_input(s)))
-            vecs.append(rt.call(*rt.load(record), args)[0][0])
-        vec = blend(vecs, weights)[None]
-        transfer = rt.load(transfer_record)
-        out = rt.call(*transfer, bare.flatten((params, contents, vec, strengths)))[0]
+        transfer = rt.load(record)
+        vecs = [rt.call(*p, a)[0][0] for p, a in zip(predictors.result(), style_args, strict=True)]
+        transfer_args["2"] = blend(vecs, weights)[None]
+        out = rt.call(*transfer, transfer_args)[0]
     except bare.BareError:
-        runtime.wait()  # its thread patches jaxlib: done before the JAX path imports JAX
+        for thread in (runtime, predictors):  # they patch and use jaxlib: done before
+            if thread is not None:  # the JAX path imports JAX
+                thread.wait()
         return None
-    programs = len(style_images) + 1
+    programs = len(styles) + 1
     out_HxWx3 = out[0] * 255.0
     seconds = time.perf_counter() - t1
     image.save(out_path, image.to_uint8(out_HxWx3))
