@@ -47,9 +47,8 @@ from pathlib import Path
 
 import jax
 import jaxlib
-import numpy as np
 
-from nstjax import atomic, bare, malloc, monitor, xla_flags
+from nstjax import atomic, bare_write, malloc, monitor, xla_flags
 from nstjax.bare import source_fingerprint
 from nstjax.terms import registry
 from nstjax.weights import cache
@@ -274,51 +273,13 @@ def mark_done(k: str | None) -> None:
         pass
 
 
-def _path(entries) -> str:
-    return "/".join(
-        str(getattr(e, "key", getattr(e, "idx", getattr(e, "name", e)))) for e in entries
-    )
-
-
-def write_bare(name: str, statics: Sequence, dynamics: Sequence, compiled) -> bool:
-    """Writes ``compiled`` as a bare record (:mod:`nstjax.bare`) under program ``name``,
-    unless there is one: only on CPU with JAX's default settings, one process, arrays
-    for every dynamic argument. True if a record is there now."""
-    if (
-        jax.default_backend() != "cpu" or jax.process_count() != 1 or jax.config.jax_enable_x64
-        or jax.config.jax_default_matmul_precision is not None
-    ):  # fmt: skip
-        return False
-    with_paths = jax.tree_util.tree_flatten_with_path(tuple(dynamics))[0]
-    leaves = {_path(p): x for p, x in with_paths}
-    if not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves.values()):
-        return False
-    k = bare.key(name, statics, leaves)
-    if k is None or bare.exists(k):
-        return k is not None
-    try:
-        kept = sorted(compiled._executable._kept_var_idx)  # JAX drops unused arguments
-        exe = compiled.runtime_executable()
-        blob = exe.client.serialize_executable(exe)
-        paths = [_path(p) for p, _ in with_paths]
-        outs = jax.tree.leaves(compiled.out_info)
-    except Exception:  # noqa: BLE001  (another JAX: no record, the JAX path stays)
-        return False
-    header = {
-        "name": name,
-        "inputs": [bare.signature({paths[i]: leaves[paths[i]]})[0] for i in kept],
-        "outputs": [[list(map(int, o.shape)), str(np.dtype(o.dtype))] for o in outs],
-    }
-    return bare.write(k, header, blob)
-
-
 class Jit:
     """``jax.jit(fun, static_argnums=...)`` whose executables go through the store.
 
     Calls with the same key in one process reuse the loaded executable. Meant for the
     programs that run a few times per run (targets, final losses, the panel); a hot
     loop should call :func:`compile`'s result directly. ``bare_name``: also keep the
-    program as a bare record under that name (:func:`write_bare`), for a command that
+    program as a bare record under that name (:func:`nstjax.bare_write.write`), for a command that
     runs it without importing JAX.
     """
 
@@ -381,7 +342,7 @@ class Jit:
                 )
             self._loaded[k] = compiled
             if self.bare_name is not None:
-                write_bare(self.bare_name, statics, dynamics, compiled)
+                bare_write.write(self.bare_name, statics, dynamics, compiled)
         return compiled(*dynamics)
 
     def precompile(self, *args) -> bool:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nstjax import aot, bare
+from nstjax import aot, bare, bare_write
 from nstjax.errors import UsageError
 from nstjax.settings import Settings
 
@@ -32,7 +32,7 @@ def test_flatten_names_leaves_as_jax_does():
     params, x = _args()
     tree = (params, x)
     with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-    assert sorted(aot._path(p) for p, _ in with_paths) == sorted(bare.flatten(tree))
+    assert sorted(bare_write._path(p) for p, _ in with_paths) == sorted(bare.flatten(tree))
     assert set(bare.flatten(tree)) == {"0/w", "0/b", "0/unused", "1"}
 
 
