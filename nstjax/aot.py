@@ -41,7 +41,6 @@ import functools
 import hashlib
 import os
 import pickle
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -50,6 +49,7 @@ import jaxlib
 
 from nstjax import atomic, bare_write, malloc, monitor, xla_flags
 from nstjax.bare import source_fingerprint
+from nstjax.bare_write import custom_calls as _custom_calls
 from nstjax.terms import registry
 from nstjax.weights import cache
 
@@ -63,11 +63,6 @@ DONE = ".done"
 that is several programs and is keyed by its inputs (:func:`nstjax.panel.prebuild_key`)."""
 LAPACK_PREFIX = "lapack_"
 """Custom-call targets of jaxlib's LAPACK kernels on CPU (``lapack_ssyevd_ffi``, ...)."""
-
-
-def _custom_calls(compiled: jax.stages.Compiled) -> set[str]:
-    """The custom-call targets of a compiled program (empty for plain XLA)."""
-    return set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text()))
 
 
 @functools.cache
@@ -154,8 +149,10 @@ def _devices(dynamics) -> list | None:
     return sorted(sharding.device_set, key=lambda d: d.id)
 
 
-def load(k: str, dynamics) -> jax.stages.Compiled | None:
-    """The stored executable of key ``k``, or None (absent, unreadable, stale)."""
+def load(k: str, dynamics, serialized_out: list | None = None) -> jax.stages.Compiled | None:
+    """The stored executable of key ``k``, or None (absent, unreadable, stale).
+    ``serialized_out``: JAX's pickle of the program is appended to it (for
+    :func:`nstjax.bare_write.write`)."""
     d = directory()
     if d is None:
         return None
@@ -183,6 +180,8 @@ def load(k: str, dynamics) -> jax.stages.Compiled | None:
         path.unlink(missing_ok=True)
         return None
     jax.monitoring.record_event(HIT_EVENT)
+    if serialized_out is not None:
+        serialized_out.append(serialized)
     return compiled
 
 
@@ -228,7 +227,7 @@ def compile(  # noqa: A001  (the verb of jax.stages)
     return _compile_and_store(k, lambda: lower().compile(options))
 
 
-def _compile_and_store(k: str | None, compile_fn) -> jax.stages.Compiled:
+def _compile_and_store(k: str | None, compile_fn, on_fresh=None) -> jax.stages.Compiled:
     """Compiles; stores the result only if XLA really compiled it: an executable that
     JAX's own cache handed back serializes without its code ('Function ... not found'
     when the stored copy runs), so such a program is kept by JAX's cache alone until
@@ -240,11 +239,15 @@ def _compile_and_store(k: str | None, compile_fn) -> jax.stages.Compiled:
     here (the step and the panel in children, :mod:`nstjax.child`) just before the
     transforms, its largest allocation: on the 2-core AVX2 EPYC its peak RSS was
     762-763 MiB against 795-800 MiB without the trim (``NSTJAX_COMPILE_CACHE`` empty,
-    4 runs each, alternated), the same wall time."""
+    4 runs each, alternated), the same wall time.
+
+    ``on_fresh(compiled)`` runs when XLA really compiled it here (a bare record,
+    :mod:`nstjax.bare_write`, is written from such an executable only: one read back from
+    disk serializes without its code too)."""
     with monitor.count_compiles() as compiles:
         compiled = compile_fn()
-    if k is not None and compiles.cache_hits == 0:
-        store(k, compiled)
+    if k is not None and compiles.cache_hits == 0 and store(k, compiled) and on_fresh:
+        on_fresh(compiled)
     malloc.trim()
     return compiled
 
@@ -335,14 +338,18 @@ class Jit:
             return self.jitted(*args)
         compiled = self._loaded.get(k)
         if compiled is None:
-            compiled = load(k, dynamics)
+            bare = None
+            if self.bare_name is not None and not self.options:
+                bare = functools.partial(bare_write.write, self.bare_name, statics, dynamics)
+            serialized: list = []
+            compiled = load(k, dynamics, serialized)
             if compiled is None:
                 compiled = _compile_and_store(
-                    k, lambda: self.jitted.lower(*args).compile(self.options or None)
+                    k, lambda: self.jitted.lower(*args).compile(self.options or None), bare
                 )
+            elif bare is not None:  # the executable's own bytes, from the stored program
+                bare(compiled, serialized[0])
             self._loaded[k] = compiled
-            if self.bare_name is not None:
-                bare_write.write(self.bare_name, statics, dynamics, compiled)
         return compiled(*dynamics)
 
     def precompile(self, *args) -> bool:

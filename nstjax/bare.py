@@ -34,6 +34,7 @@ another key; any failure raises :class:`BareError`, and the caller runs the JAX 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -46,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from nstjax import atomic, xla_flags
+from nstjax.errors import NstError
 from nstjax.weights import cache
 
 MAGIC = b"nstjax-bare-1\n"
@@ -77,12 +79,16 @@ def directory(environ=os.environ) -> Path | None:
     return cache.compile_cache_dir(environ) / SUBDIR
 
 
+@functools.cache
 def _plugins() -> list[str]:
-    """Installed packages through which JAX could pick a backend other than CPU."""
+    """Installed packages through which JAX could pick a backend other than CPU (the
+    directories of ``sys.path``, not the working directory)."""
     found = set()
     for entry in sys.path:
+        if not entry:
+            continue
         try:
-            names = os.listdir(entry or ".")
+            names = os.listdir(entry)
         except OSError:
             continue
         found.update(n for n in names if n.startswith(_PLUGIN_PREFIXES))
@@ -156,9 +162,18 @@ def write(k: str, header: dict, blob: bytes, environ=os.environ) -> bool:
     try:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic.write_bytes(d / f"{k}.bin", MAGIC + hashlib.sha256(payload).digest() + payload)
-    except OSError:
+    except (OSError, NstError):  # a full disk, a read-only cache: no record
         return False
     return True
+
+
+def discard(k: str | None, environ=os.environ) -> None:
+    """Deletes record ``k`` (one that did not load or run), so a later run writes it
+    again; nothing if it cannot."""
+    d = directory(environ)
+    if k is not None and d is not None:
+        with contextlib.suppress(OSError):
+            (d / f"{k}.bin").unlink(missing_ok=True)
 
 
 def exists(k: str | None, environ=os.environ) -> bool:
@@ -168,29 +183,45 @@ def exists(k: str | None, environ=os.environ) -> bool:
 
 def read(k: str | None, environ=os.environ) -> tuple[dict, bytes]:
     """``(header, executable bytes)`` of key ``k``; BareError if absent or damaged (a
-    damaged file is deleted)."""
+    damaged one is deleted)."""
     d = directory(environ)
     if k is None or d is None:
         raise BareError("no record key")
-    path = d / f"{k}.bin"
     try:
-        data = path.read_bytes()
+        data = (d / f"{k}.bin").read_bytes()
     except OSError:
         raise BareError("no record") from None
-    payload = data[len(MAGIC) + 32 :]
-    if (
-        not data.startswith(MAGIC)
-        or hashlib.sha256(payload).digest() != data[len(MAGIC) : len(MAGIC) + 32]
-    ):
-        path.unlink(missing_ok=True)
+    head = len(MAGIC) + 32
+    payload = data[head:]
+    header = None
+    if data.startswith(MAGIC) and hashlib.sha256(payload).digest() == data[len(MAGIC) : head]:
+        n = int.from_bytes(payload[:8], "little")
+        try:
+            header = json.loads(payload[8 : 8 + n])
+        except (ValueError, RecursionError):
+            header = None
+    if not _valid(header):
+        discard(k, environ)
         raise BareError("damaged record")
-    n = int.from_bytes(payload[:8], "little")
-    try:
-        header = json.loads(payload[8 : 8 + n])
-    except ValueError:
-        path.unlink(missing_ok=True)
-        raise BareError("damaged record") from None
     return header, payload[8 + n :]
+
+
+def _valid(header) -> bool:
+    """A header as :func:`nstjax.bare_write.write` writes it: ``inputs`` ``[path, shape,
+    dtype]`` and ``outputs`` ``[shape, dtype]``, of plain types."""
+
+    def shape_dtype(shape, dtype):
+        ok = isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)
+        return ok and isinstance(dtype, str)
+
+    try:
+        return (
+            isinstance(header, dict)
+            and all(isinstance(p, str) and shape_dtype(s, d) for p, s, d in header["inputs"])
+            and all(shape_dtype(s, d) for s, d in header["outputs"])
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 class _Aval:

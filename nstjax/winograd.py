@@ -93,7 +93,7 @@ POINTS: dict[int, tuple[float, ...]] = {
 For m = 4, +-1/2 keep float32 errors as small as Lavin & Gray's +-2 do (both a few
 1e-6 of the output's range, see tests/test_conv.py), with smaller transform entries.
 m = 3 (25 points) is for layers with few positions and many channels, whose products
-read more kernel than data (:func:`nstjax.conv._auto`).
+read more kernel than data (:func:`nstjax.conv_policy._auto`).
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -67,6 +68,19 @@ def test_a_damaged_record_is_deleted_not_loaded(tmp_path):
     with pytest.raises(bare.BareError, match="no record"):
         bare.read("k" * 64, env)
     assert bare.directory({"NSTJAX_BARE": "0"}) is None
+    # well-formed files with a header the runtime must not see: deleted the same way
+    for header in ({"inputs": "x", "outputs": []}, {"inputs": [["p", [-1], "float32"]],
+                   "outputs": []}, [1], "[" * 100_000):  # fmt: skip
+        if isinstance(header, str):
+            head = header.encode()
+            payload = len(head).to_bytes(8, "little") + head
+            data = bare.MAGIC + hashlib.sha256(payload).digest() + payload
+            path.write_bytes(data)
+        else:
+            assert bare.write("k" * 64, header, b"", env)
+        with pytest.raises(bare.BareError, match="damaged"):
+            bare.read("k" * 64, env)
+        assert not path.exists()
 
 
 _RUN = """
@@ -105,6 +119,17 @@ def test_a_stored_program_runs_without_jax_bit_for_bit(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.float32(got["y"]), np.asarray(want["y"]))
     np.testing.assert_array_equal(np.float32(got["z"]), np.asarray(want["z"]))
     assert "does not match the record" in refused["error"]
+    # a record written from the executable read back whole (its bytes as first
+    # serialized, taken from JAX's pickle) runs the same
+    for f in (tmp_path / bare.SUBDIR).glob("*.bin"):
+        f.unlink()
+    again = aot.Jit(_tiny, bare_name="test.tiny")(jax.device_put(params), x)
+    np.testing.assert_array_equal(np.asarray(again["y"]), np.asarray(want["y"]))
+    assert len(list((tmp_path / bare.SUBDIR).glob("*.bin"))) == 1
+    res = subprocess.run([sys.executable, "-c", _RUN, as_json, json.dumps(x.tolist())],
+                         check=True, capture_output=True, text=True, env=os.environ)  # fmt: skip
+    np.testing.assert_array_equal(np.float32(json.loads(res.stdout.splitlines()[0])["y"]),
+                                  np.asarray(want["y"]))  # fmt: skip
 
 
 def test_a_fast_network_command_is_parsed_without_jax():

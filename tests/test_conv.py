@@ -21,7 +21,7 @@ TOLERANCE = {
     "xla": 1e-5,
     "auto": 5e-5,
     "winograd2": 1e-5,
-    "winograd3": 2e-5,  # F(3x3): conv._auto on small deep layers
+    "winograd3": 2e-5,  # F(3x3): conv_policy._auto on small deep layers
     "winograd4": 5e-5,
     "winograd4_wide": 5e-5,
 }
@@ -197,7 +197,7 @@ def test_auto_policy_picks_winograd_where_it_pays_on_cpu():
 
 
 def test_auto_policy_on_gpu_is_f2x2_at_every_size_and_xla_on_tpu(monkeypatch):
-    # H200 measurements (conv._auto's docstring): F(2x2) at 512 and 1024 px, not the RGB layer
+    # H200 measurements (conv_policy._auto's docstring): F(2x2) at 512 and 1024 px, not RGB
     monkeypatch.setattr(conv.jax, "default_backend", lambda: "gpu")
     assert conv.tile_size("auto", 512, 512, 64, 64) == 2
     assert conv.tile_size("auto", 1024, 1024, 64, 64) == 2

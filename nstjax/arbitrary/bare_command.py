@@ -96,10 +96,6 @@ class _Background:
         return value
 
 
-def _record(name: str, statics: tuple, args: tuple) -> tuple[dict, bytes]:
-    return bare.read(bare.key(name, statics, bare.flatten(args)))
-
-
 def stylize(
     settings: Settings,
     content: str | os.PathLike,
@@ -120,37 +116,57 @@ def stylize(
         return None
     out_path = image.check_output(output)
     json_path = atomic.check_writable(metrics_path) if metrics_path is not None else None
-    runtime = _Background(bare.Runtime)  # jaxlib's import and its client, meanwhile
     weights = blend_weights(settings.style_blend, len(styles))
+    strength = float(settings.style_strength)
+    threads: list[_Background] = []
+    try:
+        return _stylize(settings, content, styles, out_path, json_path, weights, strength,
+                        threads, t0)  # fmt: skip
+    finally:
+        for thread in threads:  # they use and patch jaxlib: done before this returns (the
+            thread.wait()  # JAX path may import JAX next) or the process exits
+
+
+def _stylize(settings, content, styles, out_path, json_path, weights, strength, threads, t0):
+    threads.append(_Background(bare.Runtime))  # jaxlib's import and its client, meanwhile
+    runtime = threads[0]
     try:
         params, _ = cache.load(arbitrary_weights.NAME)
     except Exception:  # noqa: BLE001  (damaged: the JAX path says so, or fetches)
-        runtime.wait()
         return None
-    strength = float(settings.style_strength)
-    predictors = None
+    style_args = [bare.flatten((params, style_input(image.load(s)))) for s in styles]
+    keys = [bare.key(STYLE_VECTOR, (), a) for a in style_args]
     try:
-        style_args = [bare.flatten((params, style_input(image.load(s)))) for s in styles]
-        records = [bare.read(bare.key(STYLE_VECTOR, (), a)) for a in style_args]
-        # the style predictor's executables are decoded while the content image is
-        # (jaxlib and PIL release the GIL), the transformer's after it
-        predictors = _Background(lambda: [runtime.result().load(r) for r in records])
-        content_HxWx3 = image.load(content, long_side=settings.size)
-        contents = content_input([content_HxWx3])
-        strengths = np.asarray([strength], np.float32)
-        vec_shape = np.zeros((1, 100), np.float32)  # the transformer's key: shapes only
-        transfer_args = bare.flatten((params, contents, vec_shape, strengths))
-        record = bare.read(bare.key(TRANSFER, (strength != 1.0,), transfer_args))
-        t1 = time.perf_counter()
+        records = [bare.read(k) for k in keys]
+    except bare.BareError:  # not written yet (or damaged, and deleted)
+        return None
+    # the style predictor's executables are decoded while the content image is (jaxlib
+    # and PIL release the GIL), the transformer's after it
+    threads.append(_Background(lambda: [runtime.result().load(r) for r in records]))
+    content_HxWx3 = image.load(content, long_side=settings.size)
+    contents = content_input([content_HxWx3])
+    strengths = np.asarray([strength], np.float32)
+    own_style = bool(np.any(strengths != 1.0))  # as batch.run_group decides it
+    vec_shape = np.zeros((1, 100), np.float32)  # the transformer's key: shapes only
+    transfer_args = bare.flatten((params, contents, vec_shape, strengths))
+    keys.append(bare.key(TRANSFER, (own_style,), transfer_args))
+    try:
+        record = bare.read(keys[-1])
+    except bare.BareError:
+        return None
+    t1 = time.perf_counter()
+    try:
         rt = runtime.result()
+    except bare.BareError:  # no runtime here (another jaxlib): the records stay
+        return None
+    try:
         transfer = rt.load(record)
-        vecs = [rt.call(*p, a)[0][0] for p, a in zip(predictors.result(), style_args, strict=True)]
+        vecs = [rt.call(*p, a)[0][0] for p, a in zip(threads[-1].result(), style_args, strict=True)]
         transfer_args["2"] = blend(vecs, weights)[None]
         out = rt.call(*transfer, transfer_args)[0]
     except bare.BareError:
-        for thread in (runtime, predictors):  # they patch and use jaxlib: done before
-            if thread is not None:  # the JAX path imports JAX
-                thread.wait()
+        for k in keys:  # records that do not load or run: the JAX path writes them again
+            bare.discard(k)
         return None
     programs = len(styles) + 1
     out_HxWx3 = out[0] * 255.0

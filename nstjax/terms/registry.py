@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -89,17 +90,28 @@ KINDS: dict[str, Kind] = {}
 
 BUILTIN_MODULES = ("gatys", "hist", "patches", "stats")
 """The modules of ``nstjax.terms`` that register the built-in kinds (they import JAX)."""
-_builtins: list[str] = []
+_builtins = {"state": "no"}  # "no", "loading" (by _builtins_lock's thread), "yes"
+_builtins_lock = threading.RLock()
 
 
 def load_builtins() -> None:
     """Registers the built-in kinds, on the first lookup (not at import), so that the
     settings schema, which checks term strings with this module, can be imported and a
-    command parsed without JAX."""
-    if not _builtins:
-        _builtins.append("loading")  # the modules' own register() calls come back here
-        for name in BUILTIN_MODULES:
-            importlib.import_module(f"nstjax.terms.{name}")
+    command parsed without JAX. Another thread waits until they are all registered; a
+    failed import is raised again by the next lookup."""
+    if _builtins["state"] == "yes":
+        return
+    with _builtins_lock:
+        if _builtins["state"] != "no":  # done, or this thread's modules registering
+            return
+        _builtins["state"] = "loading"
+        try:
+            for name in BUILTIN_MODULES:
+                importlib.import_module(f"nstjax.terms.{name}")
+        except BaseException:
+            _builtins["state"] = "no"
+            raise
+        _builtins["state"] = "yes"
 
 
 def registered() -> dict[str, Kind]:
