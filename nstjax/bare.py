@@ -143,8 +143,12 @@ def key(
     name: str, statics: Sequence, leaves: Mapping[str, object], environ=os.environ
 ) -> str | None:
     """The record key of program ``name`` called with these static arguments and dynamic
-    leaves (:func:`flatten` of the dynamic arguments), or None where there is none."""
-    env = environment(environ)
+    leaves (:func:`flatten` of the dynamic arguments), or None where there is none (or
+    the environment cannot be read: no JAX path to key it by)."""
+    try:
+        env = environment(environ)
+    except (OSError, ImportError, BareError):
+        return None
     if env is None:
         return None
     parts = [*env, name, repr(tuple(statics)), json.dumps(signature(leaves))]

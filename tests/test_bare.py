@@ -52,6 +52,12 @@ def test_keys_follow_the_environment_and_the_shapes(monkeypatch):
     assert bare.key("p", (), leaves, env) is None  # JAX could pick a GPU
     assert bare.key("p", (), leaves, {**env, "JAX_PLATFORMS": "cpu"}) is not None
 
+    def unreadable():
+        raise OSError("no version file")
+
+    monkeypatch.setattr(bare, "_jax_version_file", unreadable)
+    assert bare.key("p", (), leaves, {**env, "JAX_PLATFORMS": "cpu"}) is None
+
 
 def test_a_damaged_record_is_deleted_not_loaded(tmp_path):
     env = {"NSTJAX_COMPILE_CACHE": str(tmp_path)}
