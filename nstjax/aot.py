@@ -47,11 +47,10 @@ from pathlib import Path
 import jax
 import jaxlib
 
-from nstjax import atomic, bare_write, malloc, monitor, xla_flags
+from nstjax import atomic, bare, bare_write, malloc, monitor, xla_flags
 from nstjax.bare import source_fingerprint
 from nstjax.bare_write import custom_calls as _custom_calls
 from nstjax.terms import registry
-from nstjax.weights import cache
 
 MAGIC = b"nstjax-aot-2\n"
 SUBDIR = "nstjax-aot"
@@ -81,9 +80,7 @@ def _lapack_ready() -> bool:
 
 def directory(environ=os.environ) -> Path | None:
     """Where executables are kept, or None when the store is off."""
-    if environ.get("NSTJAX_COMPILE_CACHE", "1") == "0" or environ.get("NSTJAX_AOT", "1") == "0":
-        return None
-    return cache.compile_cache_dir(environ) / SUBDIR
+    return bare.store_directory(SUBDIR, environ)
 
 
 def _builtin_kinds_only() -> bool:
@@ -166,8 +163,8 @@ def load(k: str, dynamics, serialized_out: list | None = None) -> jax.stages.Com
     try:
         from jax.experimental import serialize_executable  # noqa: PLC0415
 
-        digest, payload = blob[len(MAGIC) : len(MAGIC) + 32], blob[len(MAGIC) + 32 :]
-        if hashlib.sha256(payload).digest() != digest:
+        payload = bare.unseal(MAGIC, blob)
+        if payload is None:
             path.unlink(missing_ok=True)
             return None  # damaged: never hand damaged machine code to the loader
         serialized, in_tree, out_tree, lapack = pickle.loads(payload)
@@ -203,8 +200,7 @@ def store(k: str, compiled: jax.stages.Compiled) -> bool:
             return False
         serialized, in_tree, out_tree = serialize_executable.serialize(compiled)
         payload = pickle.dumps((serialized, in_tree, out_tree, lapack), protocol=5)
-        blob = MAGIC + hashlib.sha256(payload).digest() + payload
-        atomic.write_bytes(d / f"{k}.bin", blob)
+        atomic.write_bytes(d / f"{k}.bin", bare.seal(MAGIC, payload))
     except Exception:  # noqa: BLE001  (not serializable, disk full: keep running)
         return False
     jax.monitoring.record_event(MISS_EVENT)

@@ -70,13 +70,33 @@ def source_fingerprint() -> str:
     return h.hexdigest()
 
 
+def store_directory(subdir: str, environ=os.environ, switch: str | None = None) -> Path | None:
+    """``<compile cache>/subdir``, or None when ``NSTJAX_COMPILE_CACHE``, ``NSTJAX_AOT``
+    or ``switch`` is 0 (the stores of :mod:`nstjax.aot` and of this module)."""
+    switches = ("NSTJAX_COMPILE_CACHE", "NSTJAX_AOT", *([switch] if switch else []))
+    if any(environ.get(v, "1") == "0" for v in switches):
+        return None
+    return cache.compile_cache_dir(environ) / subdir
+
+
 def directory(environ=os.environ) -> Path | None:
     """Where bare records are kept, or None when they are off."""
-    if any(
-        environ.get(v, "1") == "0" for v in ("NSTJAX_COMPILE_CACHE", "NSTJAX_AOT", "NSTJAX_BARE")
-    ):
-        return None
-    return cache.compile_cache_dir(environ) / SUBDIR
+    return store_directory(SUBDIR, environ, "NSTJAX_BARE")
+
+
+def seal(magic: bytes, payload: bytes) -> bytes:
+    """A stored file: ``magic``, the payload's SHA-256, the payload (see :func:`unseal`)."""
+    return magic + hashlib.sha256(payload).digest() + payload
+
+
+def unseal(magic: bytes, data: bytes) -> bytes | None:
+    """The payload of a :func:`seal` ed file, or None when it is not one or is damaged
+    (its SHA-256 does not match: never hand such bytes to a loader)."""
+    head = len(magic) + 32
+    payload = data[head:]
+    if data.startswith(magic) and hashlib.sha256(payload).digest() == data[len(magic) : head]:
+        return payload
+    return None
 
 
 @functools.cache
@@ -165,7 +185,7 @@ def write(k: str, header: dict, blob: bytes, environ=os.environ) -> bool:
     payload = len(head).to_bytes(8, "little") + head + blob
     try:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic.write_bytes(d / f"{k}.bin", MAGIC + hashlib.sha256(payload).digest() + payload)
+        atomic.write_bytes(d / f"{k}.bin", seal(MAGIC, payload))
     except (OSError, NstError):  # a full disk, a read-only cache: no record
         return False
     return True
@@ -195,10 +215,9 @@ def read(k: str | None, environ=os.environ) -> tuple[dict, bytes]:
         data = (d / f"{k}.bin").read_bytes()
     except OSError:
         raise BareError("no record") from None
-    head = len(MAGIC) + 32
-    payload = data[head:]
+    payload = unseal(MAGIC, data)
     header = None
-    if data.startswith(MAGIC) and hashlib.sha256(payload).digest() == data[len(MAGIC) : head]:
+    if payload is not None:
         n = int.from_bytes(payload[:8], "little")
         try:
             header = json.loads(payload[8 : 8 + n])
