@@ -106,6 +106,8 @@ class Panel:
         (blend-weighted).
       scale: the denominators of :meth:`normalize`: the photo's style distances and the
         painting's content distances.
+      scored: whether construction scored the references (False: read back from
+        :mod:`nstjax.panel_refs`), i.e. called, hence compiled, the score programs.
     """
 
     def __init__(
@@ -200,7 +202,8 @@ class Panel:
         kept = panel_refs.load(k)
         photo, painting = kept["photo"], kept["painting"]
         keys = sorted(self.spec.keys)
-        if not all(x in photo and x in painting for x in keys):
+        self.scored = not all(x in photo and x in painting for x in keys)
+        if self.scored:
             photo = self._score(feats)
             per_style = [
                 self._score(
@@ -266,12 +269,12 @@ def prebuild(obj, vgg_params, content, styles, blend, style_kinds=None,
     child's work (:mod:`nstjax.child`; ``Job.prewarm_panel``)."""
     panel = Panel.for_objective(obj, vgg_params, content, styles, blend=blend,
                                 style_kinds=style_kinds, content_kinds=content_kinds)  # fmt: skip
-    spec = panel.spec
-    zeros = np.zeros((1, *panel.hw, 3), np.float32)
-    feats = programs.forward(spec, panel.params, zeros, spec.layers)
-    # scored above unless the references were kept
-    programs.score(spec, feats, panel.style_targets, panel.content_targets, panel.blend,
-                   panel.key, precompile=True)  # fmt: skip
+    if not panel.scored:  # the references were kept: nothing compiled the score programs
+        spec = panel.spec
+        zeros = np.zeros((1, *panel.hw, 3), np.float32)
+        feats = programs.forward(spec, panel.params, zeros, spec.layers)
+        programs.score(spec, feats, panel.style_targets, panel.content_targets, panel.blend,
+                       panel.key, precompile=True)  # fmt: skip
     aot.mark_done(prebuild_key(obj, content, styles, style_kinds, content_kinds))
 
 

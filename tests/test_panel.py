@@ -216,7 +216,14 @@ def test_references_are_kept_on_disk(real_weights, pics, tmp_path, monkeypatch):
     defaults = types.SimpleNamespace(pooling="avg", preprocessing=first.spec.preprocessing,
                                      ceil_mode=None)  # the Panel's own  # fmt: skip
     monkeypatch.setattr(panel_programs, "scores", scores)  # prebuild precompiles with it
+    forwards = []
+    forward = panel_programs.forward
+    monkeypatch.setattr(panel_programs, "forward",
+                        lambda *a: forwards.append(a[2].shape) or forward(*a))  # fmt: skip
     panel.prebuild(defaults, params, content, [style], None, kinds)
+    # the style's, the photo's and the painting's forwards: scoring compiled the programs
+    assert len(forwards) == 3
+    monkeypatch.setattr(panel_programs, "forward", forward)
     monkeypatch.setattr(panel_programs, "scores", lambda *a: calls.append(a[0]) or scores(*a))
     calls.clear()
     panel.Panel(real_weights.params, content, [style], style_kinds=kinds)
