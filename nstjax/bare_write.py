@@ -58,7 +58,8 @@ def write(name: str, statics: Sequence, dynamics: Sequence, compiled, serialized
 
 def _write(name: str, statics: Sequence, dynamics: Sequence, compiled, serialized) -> bool:
     if (
-        jax.default_backend() != "cpu" or jax.process_count() != 1 or jax.config.jax_enable_x64
+        bare.directory() is None  # records off (NSTJAX_BARE=0, no store): no HLO text read
+        or jax.default_backend() != "cpu" or jax.process_count() != 1 or jax.config.jax_enable_x64
         or jax.config.jax_default_matmul_precision is not None
     ):  # fmt: skip
         return False
