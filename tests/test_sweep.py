@@ -52,7 +52,7 @@ def _metrics(workdir: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def fig2_sharded(tmp_path_factory, weights_cache, images):
+def fig2_sharded(tmp_path_factory, weights_cache, images, shared_compile_env):
     """Fig. 2 (runlocal) on 4 CPU devices: 5 variants in batches of 4 (the second padded),
     sharded."""
     workdir = tmp_path_factory.mktemp("fig2")
@@ -61,6 +61,7 @@ def fig2_sharded(tmp_path_factory, weights_cache, images):
         {
             "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
             "NSTJAX_CACHE": str(weights_cache),
+            **shared_compile_env,
         },
     )
     assert proc.returncode == 0, proc.stderr
@@ -110,7 +111,7 @@ def test_batched_sharded_equals_one_at_a_time(fig2_sharded, cache_env):
         assert np.mean(np.abs(batched - img)) < limit, name
 
 
-def test_rerun_skips_finished_and_detects_changes(fig2_sharded, weights_cache):
+def test_rerun_skips_finished_and_detects_changes(fig2_sharded, weights_cache, shared_compile_env):
     (fig2_sharded / "variants" / "001" / "metrics.json").unlink()
     before = (fig2_sharded / "variants" / "000" / "metrics.json").read_bytes()
     proc = _run_subprocess(  # batch_size decides no result: a resume may change it
@@ -123,7 +124,7 @@ def test_rerun_skips_finished_and_detects_changes(fig2_sharded, weights_cache):
             *TB,
             "--config.batch_size=2",
         ],
-        {"NSTJAX_CACHE": str(weights_cache)},
+        {"NSTJAX_CACHE": str(weights_cache), **shared_compile_env},
     )
     assert proc.returncode == 0, proc.stderr
     assert "1 variants run, 4 already done" in proc.stderr
@@ -149,7 +150,9 @@ def test_rerun_skips_finished_and_detects_changes(fig2_sharded, weights_cache):
     ]
 
 
-def test_sigkill_loses_nothing_finished(tmp_path, weights_cache, images):
+def test_sigkill_loses_nothing_finished(tmp_path, weights_cache, images, shared_compile_env):
+    """Killed after two variants, resumed: the resume reads the killed runner's compiled
+    programs back (the session's shared compilation cache)."""
     workdir = tmp_path / "killed"
     args = [
         "--config",
@@ -159,7 +162,7 @@ def test_sigkill_loses_nothing_finished(tmp_path, weights_cache, images):
         "--noprogress",
         "--config.batch_size=1",
     ]
-    env = dict(os.environ, NSTJAX_CACHE=str(weights_cache))
+    env = dict(os.environ, NSTJAX_CACHE=str(weights_cache), **shared_compile_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "nstjax.main", *args],
         env=env,
@@ -183,7 +186,8 @@ def test_sigkill_loses_nothing_finished(tmp_path, weights_cache, images):
             json.loads(f.read_text())
         if f.is_file() and f.suffix == ".png" and not f.name.startswith("."):
             Image.open(f).load()
-    proc = _run_subprocess(args, {"NSTJAX_CACHE": str(weights_cache)}, timeout=600)
+    proc = _run_subprocess(args, {"NSTJAX_CACHE": str(weights_cache), **shared_compile_env},
+                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert f"{20 - len(done)} variants run, {len(done)} already done" in proc.stderr
     assert len(_metrics(workdir)) == 20
