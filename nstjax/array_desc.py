@@ -20,12 +20,13 @@ def _sharding_desc(s) -> tuple | None:
 
 
 def describe(tree):
-    """A picklable description of a tree of arrays (shape, dtype, weak type, sharding),
-    for another process to lower the same program; None if a sharding is not plain."""
+    """A picklable description of a tree of arrays or ``jax.ShapeDtypeStruct`` s (shape,
+    dtype, weak type, sharding), for another process to lower the same program; None if
+    a sharding is not plain (or missing)."""
     leaves, treedef = jax.tree.flatten(tree)
     out = []
     for x in leaves:
-        if not isinstance(x, jax.Array):
+        if not isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
             return None
         desc = _sharding_desc(x.sharding)
         if desc is None:

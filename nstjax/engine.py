@@ -124,33 +124,38 @@ def run_group(
         init_R = jax.device_put(np.stack([j.init_1xHxWx3 for j in batch]), runs_sharding)
         keys_R = jax.device_put(np.stack([j.key for j in batch]), runs_sharding)
         state = init_states_jit(p.opt, init_R, keys_R)
-        if prepared is None:  # Winograd kernel transforms, once per group
-            pages.release()  # the first peak: the code pages imports and loads touched go
-            # device_put of host arrays: no copy on CPU (64-byte aligned: cache.aligned)
-            vgg_params = jax.device_put(jobs[0].vgg_params, replicated)
-            prepared = vgg.prepare_params_jit(
-                vgg_params,
-                conv_shape(p, batch[0].init_1xHxWx3.shape),
-                p.objective.layers,
-                p.objective.conv_impl,
-                ceil_mode=p.objective.ceil_mode,
-            )
-            # weights mapped from the cache (nstjax.weights.npz_map): the steps read the
-            # transformed kernels, not the raw ones, so their pages leave memory until
-            # the final losses or the panel read them again (52 MiB at 256x192)
-            npz_map.release(jobs[0].vgg_params)
-        ctx = {
-            "vgg": prepared,
-            "runs": jax.device_put(_stack([j.run for j in batch]), runs_sharding),
-        }
+        runs = jax.device_put(_stack([j.run for j in batch]), runs_sharding)
         programs = 0
         if runner is None:
             t0 = time.perf_counter()
             with monitor.count_compiles() as compiles:
-                _compile_in_children(p, batch[0], state, ctx)
-                runner = make_runner(p, state, ctx)
+                if _children_on(p):
+                    # A cold step compiles in a child process and the distance panel in
+                    # another (nstjax.child); they need only the arrays' descriptions. So
+                    # the kernel transforms are traced here but run once the step's child
+                    # is done, and the optimizer's state is made again once both are: this
+                    # process holds neither while they compile (all three processes at
+                    # 256x192: 1,630 -> 1,120 MiB)
+                    shapes = _prepare(p, jobs[0], batch[0], replicated, shapes_only=True)
+                    step_child = _start_children(p, batch[0], state, {"vgg": shapes, "runs": runs})
+                    if step_child is not None:
+                        del state
+                        malloc.trim()
+                        npz_map.release(jobs[0].vgg_params)  # read next by the transforms
+                        pages.release()  # the code pages imports, loads and compiles touched
+                        step_child.wait()
+                        prepared = _prepare(p, jobs[0], batch[0], replicated)
+                        if batch[0].panel_child is not None:
+                            batch[0].panel_child.wait()  # the steps: the cores to themselves
+                        state = init_states_jit(p.opt, init_R, keys_R)
+                if prepared is None:  # not made while children compiled: not compile time
+                    t1 = time.perf_counter()
+                    prepared = _prepare(p, jobs[0], batch[0], replicated)
+                    t0 += time.perf_counter() - t1
+                runner = make_runner(p, state, {"vgg": prepared, "runs": runs})
             compile_seconds, programs = time.perf_counter() - t0, compiles.events
             pages.release()  # the compiler's code pages (cold), the loaders': once a group
+        ctx = {"vgg": prepared, "runs": runs}
         t0 = time.perf_counter()
         history = np.zeros((size, len(p.objective.record_keys), 0), np.float32)
         for n in chunk_plan(p.steps, p.chunk_size, p.save_every):
@@ -198,20 +203,39 @@ def run_group(
             compile_seconds, programs = 0.0, 0  # charged to the group's first job
 
 
-def _compile_in_children(p, job: Job, state: dict, ctx: dict) -> None:
-    """A cold step program compiles in a child process (:mod:`nstjax.child`), and the
-    first job's distance panel in another, at once; this process then reads both back.
-    Nothing happens when the step is stored already; a failed child only means that
-    :func:`make_runner` compiles here."""
-    if p.tile:
-        return
+def _prepare(p, first: Job, job: Job, replicated, shapes_only: bool = False) -> dict:
+    """The VGG params with their Winograd kernel transforms (:func:`vgg.prepare_params`);
+    ``shapes_only``: the transforms as ``jax.ShapeDtypeStruct`` s, traced, not run."""
+    args = (conv_shape(p, job.init_1xHxWx3.shape), p.objective.layers, p.objective.conv_impl)
+    # device_put of host arrays: no copy on CPU (64-byte aligned: cache.aligned)
+    vgg_params = jax.device_put(first.vgg_params, replicated)
+    if shapes_only:
+        return vgg.prepared_shapes(vgg_params, *args, ceil_mode=p.objective.ceil_mode)
+    pages.release()  # the first peak: the code pages imports and loads touched go
+    prepared = vgg.prepare_params_jit(vgg_params, *args, ceil_mode=p.objective.ceil_mode)
+    # weights mapped from the cache (nstjax.weights.npz_map): the steps read the
+    # transformed kernels, not the raw ones, so their pages leave memory until
+    # the final losses or the panel read them again (52 MiB at 256x192)
+    npz_map.release(first.vgg_params)
+    return prepared
+
+
+def _children_on(p) -> bool:
+    """Whether a cold step program would compile in a child (:mod:`nstjax.child`)."""
+    from nstjax import child  # noqa: PLC0415
+
+    return not p.tile and child.enabled()
+
+
+def _start_children(p, job: Job, state: dict, ctx: dict):
+    """Starts compiling the step program in a child process when it is not stored, and
+    then the first job's distance panel in another; returns the step's child, or None
+    (the step is stored, or children are off: :func:`make_runner` compiles here, as it
+    does when a child fails)."""
     step_child = optim.start_precompile(p.objective, p.opt, p.chunk_size, p.loop, state, ctx)
-    if step_child is None:
-        return
-    job.prewarm_panel()
-    step_child.wait()
-    if job.panel_child is not None:
-        job.panel_child.wait()  # the steps then have the cores to themselves
+    if step_child is not None:
+        job.prewarm_panel()
+    return step_child
 
 
 def conv_shape(p, shape_1xHxWxC: tuple) -> tuple:

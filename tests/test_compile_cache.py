@@ -105,6 +105,32 @@ def test_cold_programs_compile_in_children(images, tmp_path, weights_cache):
         assert len(list((tmp_path / d / panel_refs.SUBDIR).glob("*.json"))) == 1
 
 
+def test_kernel_transforms_described_without_running():
+    """A cold run's compile children get the transformed kernels' descriptions from their
+    trace alone (the run makes them after the step's child): they must key the
+    step program exactly as the real arrays do, or the run would compile it again."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from nstjax import array_desc, vgg
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("runs",))
+    params = jax.device_put(
+        vgg.init_params(jax.random.key(0)), NamedSharding(mesh, PartitionSpec())
+    )
+    args = (params, (1, 24, 32, 3), ("relu1_1", "relu2_1", "relu3_1"), "winograd4")
+    shapes = vgg.prepared_shapes(*args)
+    real = vgg.prepare_params_jit(*args)
+    assert sorted(real) == sorted(shapes) == ["conv1_1", "conv1_2", "conv2_1", "conv2_2",
+                                              "conv3_1"]  # fmt: skip
+    assert isinstance(shapes["conv2_2"]["winograd"], jax.ShapeDtypeStruct)
+    assert shapes["conv2_2"]["winograd"].shape == real["conv2_2"]["winograd"].shape
+    assert shapes["conv2_2"]["kernel"] is real["conv2_2"]["kernel"]  # the params' own
+    assert array_desc.describe(shapes) == array_desc.describe(real) is not None
+    sig = (("f",), (shapes,), None)
+    assert aot.key("x", *sig) == aot.key("x", ("f",), (real,), None) is not None
+
+
 def test_a_failed_child_says_why():
     import pytest
 
