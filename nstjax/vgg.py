@@ -206,24 +206,21 @@ prepare_params_jit = _preparer(
 )
 
 
-def prepared_shapes(
-    params: Mapping,
-    image_shape: Sequence[int],
-    layers: Sequence[str],
-    conv_impl: str,
-    ceil_mode: bool = False,
-) -> dict:
+def _transform_shapes(params, image_shape, layers, conv_impl, ceil_mode) -> dict:
+    sharding = jax.tree.leaves(params)[0].sharding  # committed, replicated: kept
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding, weak_type=x.weak_type),
+        _transforms_jit.eval_shape(params, image_shape, layers, conv_impl, ceil_mode),
+    )
+
+
+prepared_shapes = _preparer(
+    _transform_shapes,
     """:func:`prepare_params_jit`'s result with each transformed kernel as a
     ``jax.ShapeDtypeStruct``: traced, neither compiled nor run (the trace is the one the
     real call reuses). What a compile child needs to know of them (:mod:`nstjax.engine`).
-    ``params`` are committed to one sharding (replicated), which the transforms keep."""
-    args = (params, tuple(image_shape), tuple(layers), conv_impl, ceil_mode)
-    sharding = jax.tree.leaves(params)[0].sharding
-    t = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding, weak_type=x.weak_type),
-        _transforms_jit.eval_shape(*args),
-    )
-    return _assemble(params, layers, t)
+    ``params`` are committed to one sharding (replicated), which the transforms keep.""",
+)
 
 
 def init_params(rng: jax.Array) -> dict:
