@@ -127,8 +127,7 @@ def test_kernel_transforms_described_without_running():
     assert shapes["conv2_2"]["winograd"].shape == real["conv2_2"]["winograd"].shape
     assert shapes["conv2_2"]["kernel"] is real["conv2_2"]["kernel"]  # the params' own
     assert array_desc.describe(shapes) == array_desc.describe(real) is not None
-    sig = (("f",), (shapes,), None)
-    assert aot.key("x", *sig) == aot.key("x", ("f",), (real,), None) is not None
+    assert aot.key("x", ("f",), (shapes,), None) == aot.key("x", ("f",), (real,), None) is not None
 
 
 def test_a_failed_child_says_why():
