@@ -108,6 +108,18 @@ class Job:
         raw, normalized = cache[key](np.asarray(output_HxWx3, np.float32))
         return {"raw": raw, "normalized": normalized}
 
+    def steps_beside_panel_child(self) -> bool:
+        """Whether a cold run's steps may start while :meth:`prewarm_panel`'s child is
+        still at work. Yes for a panel compiled for a short compile
+        (:func:`nstjax.panel.fast_compiled`): what remains of its work by then is mostly
+        its references' scoring (a cold 256 px run ~1 s shorter; all its processes 1,175
+        -> 1,260 MiB). Not for larger ones: at 512x384 its child's level-1 programs ran
+        14 s beside the steps, took 11 s from them and held 1.3 GiB while they did (all
+        processes 1,856 -> 2,683 MiB, for 3 s)."""
+        from nstjax import panel as panel_lib  # noqa: PLC0415
+
+        return bool(self.images) and panel_lib.fast_compiled(self.images[0].shape[:2])
+
     def prewarm_panel(self) -> None:
         """Starts compiling :meth:`panel`'s programs in a child process
         (:mod:`nstjax.child`) unless they are stored; :meth:`panel` waits for it."""

@@ -136,10 +136,8 @@ def run_group(
                     # the kernel transforms are traced here but run once the step's child
                     # is done, and the optimizer's state is made again then: this process
                     # holds neither while they compile (all three processes at 256x192:
-                    # 1,630 -> 1,180 MiB). The steps start without waiting for the panel's
-                    # child, which finishes beside them (Job.panel waits for it): no core
-                    # idles while it scores its references alone (a cold 256 px run ~1 s
-                    # shorter, all processes ~1,260 MiB)
+                    # 1,630 -> 1,180 MiB). A small panel's child may finish beside the
+                    # steps (Job.steps_beside_panel_child; Job.panel waits for it)
                     shapes = _prepare(p, jobs[0], batch[0], replicated, shapes_only=True)
                     step_child = _start_children(p, batch[0], state, {"vgg": shapes, "runs": runs})
                     if step_child is not None:
@@ -154,6 +152,9 @@ def run_group(
                 if step_child is None:  # nor, unless waiting for children, compile time
                     t0 += time.perf_counter() - t1
             if step_child is not None:
+                job0 = batch[0]
+                if job0.panel_child is not None and not job0.steps_beside_panel_child():
+                    job0.panel_child.wait()  # the steps: the cores to themselves
                 state = init_states_jit(p.opt, init_R, keys_R)
             with monitor.count_compiles() as reads:
                 runner = make_runner(p, state, {"vgg": prepared, "runs": runs})

@@ -58,7 +58,8 @@ from nstjax.terms import registry
 from nstjax.weights.preprocessing import CAFFE, Preprocessing
 
 __all__ = ["CONTENT_KINDS", "CONTENT_LAYERS", "GATYS_LAYERS", "MAX_SIDE", "Panel", "Spec",
-           "distance_panel", "make_spec", "prebuild", "prebuild_key"]  # fmt: skip
+           "distance_panel", "fast_compiled", "make_spec", "prebuild", "prebuild_key",
+           "scored_hw"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- API
@@ -143,15 +144,14 @@ class Panel:
             raise UsageError("the panel needs at least one style image")
         content = _pixels(content, "content image")
         self.out_hw = tuple(content.shape[:2])
-        self.hw = self.out_hw
-        if max_side is not None and max(self.hw) > max_side:  # content and styles alike
-            r = max_side / max(self.hw)
+        self.hw = scored_hw(self.out_hw, max_side)
+        if self.hw != self.out_hw:  # content and styles alike
+            r = max_side / max(self.out_hw)
 
             def scaled(x):
-                return image.resize(x, max(1, round(x.shape[0] * r)), max(1, round(x.shape[1] * r)))
+                return image.resize(x, *_scaled_hw(x.shape[:2], r))
 
             content, styles = scaled(content), [scaled(s) for s in styles]
-            self.hw = tuple(content.shape[:2])
         self.blend = np.asarray(blend_weights(blend, len(styles)), np.float32)
         self.params = jax.device_put(vgg_params)  # aligned host arrays: no copy on CPU
         self.key = jax.random.PRNGKey(seed)
@@ -247,6 +247,27 @@ class Panel:
         """``(raw, normalized)`` distances of ``output``."""
         raw = self.distances(output)
         return raw, self.normalize(raw)
+
+
+def _scaled_hw(hw, r: float) -> tuple[int, int]:
+    return max(1, round(hw[0] * r)), max(1, round(hw[1] * r))
+
+
+def scored_hw(content_hw, max_side: int | None = MAX_SIDE) -> tuple[int, int]:
+    """The size a panel of a content image of ``content_hw`` measures its distances at:
+    its own, or resized to a long side of ``max_side``."""
+    hw = (int(content_hw[0]), int(content_hw[1]))
+    if max_side is None or max(hw) <= max_side:
+        return hw
+    return _scaled_hw(hw, max_side / max(hw))
+
+
+def fast_compiled(content_hw) -> bool:
+    """Whether the panel of a content image of ``content_hw`` (:data:`MAX_SIDE`)
+    compiles for a short compile (:data:`FAST_COMPILE_PIXELS`; its ``hist`` and ``mrf``
+    apart)."""
+    h, w = scored_hw(content_hw)
+    return h * w <= FAST_COMPILE_PIXELS
 
 
 def prebuild_key(obj, content, styles, style_kinds=None,

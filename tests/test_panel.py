@@ -179,6 +179,28 @@ def test_large_images_are_scored_at_max_side(real_weights, pics):
         small(np.zeros((5, 5, 3), np.float32))
 
 
+def test_the_size_a_panel_scores_at_and_whether_it_compiles_fast():
+    """``scored_hw`` is the size ``Panel.hw`` takes (long side at most ``MAX_SIDE``), and
+    ``fast_compiled`` its programs' choice; a cold run starts its steps beside the
+    panel's child only for a fast-compiled panel (``Job.steps_beside_panel_child``)."""
+    from nstjax import build  # noqa: PLC0415
+
+    assert panel.MAX_SIDE == 512 and panel_programs.FAST_COMPILE_PIXELS == 256 * 256
+    assert panel.scored_hw((192, 256)) == (192, 256)
+    assert panel.scored_hw((768, 1024)) == (384, 512) == panel.scored_hw((384, 512))
+    assert panel.scored_hw((1000, 333)) == (512, 170)
+    assert panel.scored_hw((1000, 333), max_side=None) == (1000, 333)
+    fast = {hw: panel.fast_compiled(hw) for hw in [(192, 256), (256, 256), (256, 257), (1024, 64)]}
+    assert fast == {(192, 256): True, (256, 256): True, (256, 257): False, (1024, 64): True}
+
+    def job(hw):
+        return types.SimpleNamespace(images=(np.zeros((*hw, 3), np.float32), [], [1.0]))
+
+    beside = build.Job.steps_beside_panel_child
+    assert beside(job((192, 256))) and not beside(job((384, 512)))
+    assert not beside(types.SimpleNamespace(images=()))
+
+
 def test_references_are_kept_on_disk(real_weights, pics, tmp_path, monkeypatch):
     """The photo's and the painting's distances are read back by a later panel of the
     same images (nstjax.panel_refs): no scoring; a damaged file is scored again."""
