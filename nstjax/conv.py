@@ -20,7 +20,6 @@ from nstjax import winograd
 from nstjax.conv_policy import (  # noqa: F401  (re-exported: conv.CONV_IMPLS, ...)
     AUTO_F3_MAX_PIXELS,
     AUTO_F3_MIN_CHANNELS,
-    AUTO_MAX_PIXELS,
     AUTO_MIN_CHANNELS,
     CONV_IMPLS,
     DEFAULT_IMPL,

@@ -25,14 +25,12 @@ def _fixed(m: int, min_channels: int) -> Policy:
 
 
 AUTO_MIN_CHANNELS = 16  # input channels: the RGB layer stays XLA's
-AUTO_MAX_PIXELS = 256 * 256
 AUTO_F3_MIN_CHANNELS = 256
 AUTO_F3_MAX_PIXELS = 16 * 16
 
 
 def _auto(h: int, w: int, c: int, o: int) -> int:
-    """On CPU, F(4x4, 3x3) on every layer with >= 16 input channels and at most
-    256x256 pixels, else XLA's convolution.
+    """On CPU, F(4x4, 3x3) on every layer with >= 16 input channels, at any size.
 
     With the Kronecker-product transforms (:mod:`nstjax.winograd`), whole VGG19
     value-and-gradient steps on the 2-core AVX-512 CPU (``benchmarks/conv_speed.py
@@ -40,10 +38,16 @@ def _auto(h: int, w: int, c: int, o: int) -> int:
     step, medians): at 256x192 F(4x4) on every layer but the RGB one (``winograd4``)
     0.162-0.169 against 0.196-0.248 for the previous policy (Winograd only from 64 input
     and 128 output channels and from 32x32 to 256x256 pixels) and 0.172-0.173 for
-    ``winograd4_wide``; at 512x384 0.628-0.648 against 0.648-0.753. Past 256x256 pixels
-    a layer's transforms are memory-bound and their buffers large: at 1024x768
-    ``winograd4`` peaked at 5.1 GB against 3.7 GB for the 256x256 bound, for 3.1-3.2
-    against 3.3-3.4 s a step, so the bound stays.
+    ``winograd4_wide``; at 512x384 0.628-0.648 against 0.648-0.753.
+
+    Layers past 256x256 pixels ran XLA's convolution until 2026-12-05: with the input
+    transform as one Kronecker product, at 1024x768 ``winograd4`` had peaked at 5.1 GB
+    against 3.7 GB for that bound, for 3.1-3.2 against 3.3-3.4 s a step. With the
+    separable input transform (2-core AVX2 EPYC, ``--impls auto``, one process each,
+    ``/usr/bin/time``'s peak RSS): at 1024x768 4.66 s a step and 2,619 MiB with the
+    256x256 bound, 4.29 s and 2,748 MiB with a 512x512 bound, 3.69 s and 2,810 MiB with
+    none; at 512x384 ``winograd4`` (conv1_2 too) 0.956-0.966 against 1.022-1.042 s for the
+    256x256 bound (one process, alternated). So the bound is gone.
 
     On GPU, F(2x2, 3x3) on every layer with >= 16 input channels, at any size: on an
     NVIDIA H200 (jax 0.11.2, ``benchmarks/gpu_autotune_probe.py``, a fresh process and
@@ -75,7 +79,7 @@ def _auto(h: int, w: int, c: int, o: int) -> int:
         return 0
     if c >= AUTO_F3_MIN_CHANNELS and h * w <= AUTO_F3_MAX_PIXELS:
         return 3
-    return 4 if c >= AUTO_MIN_CHANNELS and h * w <= AUTO_MAX_PIXELS else 0
+    return 4 if c >= AUTO_MIN_CHANNELS else 0
 
 
 CONV_IMPLS: dict[str, Policy] = {

@@ -157,9 +157,9 @@ class Settings:
                        choices=LOOPS)  # fmt: skip
     conv_impl: str = _field(
         conv_policy.DEFAULT_IMPL,
-        "convolution policy: auto (Winograd on every layer but the RGB one: F(4x4) on CPU "
-        "up to 256x256 px, F(3x3) on deep layers of at most 16x16, F(2x2) on GPU; XLA's "
-        "elsewhere), " + ", ".join(k for k in conv_policy.CONV_IMPLS if k != "auto"),
+        "convolution policy: auto (Winograd on every layer but the RGB one: F(4x4) on CPU, "
+        "F(3x3) on deep layers of at most 16x16, F(2x2) on GPU; XLA's on TPU), "
+        + ", ".join(k for k in conv_policy.CONV_IMPLS if k != "auto"),
         "str",
     )
     weights: str = _field("auto", "VGG19 weights: a source name or a file", "str")

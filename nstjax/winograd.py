@@ -14,14 +14,22 @@ Both have a custom VJP: the input gradient of a stride-1 'SAME' 3x3 convolution 
 the convolution (not correlation) with the same kernel, channel axes swapped, so the
 backward pass is Winograd too, with the same transformed kernel (:func:`_input_grad`).
 
-Each tile transform is one matrix product with a constant Kronecker matrix
-(``B^T kron B^T``, ``T x T`` with ``T = n^2``; ``A^T kron A^T``, ``m^2 x T``) over the
-stacked tiles. Written before as one linear combination of strided slices per transform
-point, it compiled to hundreds of small fusions per layer and direction. On the 2-core
-AVX-512 CPU (``python benchmarks/conv_speed.py --sizes 256 512 --aspect 0.75 --impls
-auto``, the two versions alternated, 2 rounds) the VGG19 value-and-gradient compiled in
-6.0-7.3 s at 256x192 and 9.0-9.2 s at 512x384 before, 1.4-1.9 s and 1.8-2.5 s now, with
-steps of 0.207-0.261 s against 0.225-0.274 s and 0.693-0.745 s against 0.725-0.838 s.
+The input transform ``B^T d B`` is separable: ``B^T`` over the tile rows (linear
+combinations of strided slices of the padded input, ``m`` apart), then over the tile
+columns, each stage one stack that XLA fuses into one loop (:func:`_input_transform`). The
+output transform is one matrix product with the constant ``A^T kron A^T`` (``m^2 x T``,
+``T = n^2``) over the stacked products. The input's was one product with ``B^T kron B^T``
+(``T x T``) over tiles stacked first: at 256x192, a profile of the VGG19 L-BFGS step
+(``--xla_cpu_enable_xprof_traceme``, wall time shared among concurrent operations) gave
+the two transforms' Kronecker products 135 of 328 ms, as much as the channel products; conv1_2's
+forward alone spent 35 ms, 5.5 of them in its channel product. Separable, the step took
+0.272-0.283 s against 0.328-0.335 s and compiled in 4.40-4.48 against 3.44-3.51 s
+(``python benchmarks/conv_speed.py --sizes 256 --aspect 0.75 --impls auto --repeats 10``,
+3 alternated pairs, the 2-core AVX2 EPYC); at 512x384 (2 pairs, ``--repeats 5``)
+1.018-1.024 against 1.079-1.114 s, compiled in 3.3 against 2.5-3.1 s. Before the Kronecker
+products each transform point was one linear combination of 36 strided slices,
+hundreds of small fusions per layer and direction: the step compiled in 6.0-7.3 s at
+256x192 (1.4-1.9 s with the products, on the AVX-512 EPYC).
 """
 
 from __future__ import annotations
@@ -119,18 +127,6 @@ def kernel_transform(kernel_3x3xCxO: jax.Array, m: int) -> jax.Array:
     return u.reshape((m + 2) ** 2, c, o)
 
 
-def _tiles(x_BxHxWxC: jax.Array, m: int):
-    """The zero-padded input's overlapping ``(m+2) x (m+2)`` tiles, ``m`` apart:
-    ``(n, n, B, th, tw, C)`` (tile row, tile column first), and ``(B, th, tw)``."""
-    n = m + 2
-    b, h, w, _ = x_BxHxWxC.shape
-    th, tw = -(-h // m), -(-w // m)
-    x = jnp.pad(x_BxHxWxC, ((0, 0), (1, th * m + 1 - h), (1, tw * m + 1 - w), (0, 0)))
-    rows = jnp.stack([x[:, a : a + (th - 1) * m + 1 : m] for a in range(n)])  # n,B,th,W+2,C
-    tiles = jnp.stack([rows[:, :, :, a : a + (tw - 1) * m + 1 : m] for a in range(n)], 1)
-    return tiles, (b, th, tw)
-
-
 def _transforms(m: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
     """``(B^T, A^T)``; with ``flip``, ``(B^T J_n, J_m A^T)`` (``J``: the reversal), which
     turn the tile correlation with a kernel into the convolution with it."""
@@ -138,15 +134,35 @@ def _transforms(m: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
     return (bt[:, ::-1], at[::-1]) if flip else (bt, at)
 
 
+def _linear(matrix: np.ndarray, part) -> list:
+    """``[sum_a matrix[u, a] * part(a) for each row u]``: constant coefficients, zeros
+    skipped and +-1 taken as they are, so XLA fuses each stage into one loop."""
+    out = []
+    for row in np.asarray(matrix, np.float64):
+        acc = None
+        for a, coef in enumerate(row):
+            if coef == 0.0:
+                continue
+            t = part(a)
+            t = t if coef == 1.0 else -t if coef == -1.0 else t * np.float32(coef)
+            acc = t if acc is None else acc + t
+        out.append(acc)
+    return out
+
+
 def _input_transform(x_BxHxWxC: jax.Array, m: int, flip: bool = False):
     """Tiles ``B^T d B`` of the zero-padded input: ``(T, B*th*tw, C)`` and ``(B, th, tw)``.
 
-    One product with the constant ``(B^T kron B^T)`` (``T x T``) over the stacked tiles."""
+    Separable: ``B^T`` over the tile rows (strided slices of the padded input, ``m``
+    apart), then over the tile columns, each a stack of linear combinations."""
     bt = _transforms(m, flip)[0]
-    tiles, shape = _tiles(x_BxHxWxC, m)
-    t = bt.shape[0] ** 2
-    v = jnp.dot(np.kron(bt, bt), tiles.reshape(t, -1), precision=jax.lax.Precision.HIGHEST)
-    return v.reshape(t, -1, x_BxHxWxC.shape[-1]), shape
+    n = m + 2
+    b, h, w, c = x_BxHxWxC.shape
+    th, tw = -(-h // m), -(-w // m)
+    x = jnp.pad(x_BxHxWxC, ((0, 0), (1, th * m + 1 - h), (1, tw * m + 1 - w), (0, 0)))
+    rows = jnp.stack(_linear(bt, lambda a: x[:, a : a + (th - 1) * m + 1 : m]))  # n,B,th,W+2,C
+    cols = _linear(bt, lambda a: rows[:, :, :, a : a + (tw - 1) * m + 1 : m])  # n x (n,B,th,tw,C)
+    return jnp.stack(cols, 1).reshape(n * n, -1, c), (b, th, tw)
 
 
 def _output_transform(
@@ -154,7 +170,12 @@ def _output_transform(
 ) -> jax.Array:
     """``A^T M A`` of every tile's products (one product with ``A^T kron A^T``,
     ``m^2 x T``), assembled and cropped to ``B x h x w x O``. ``prod`` is ``T x P x O``,
-    or ``T x O x P`` with ``tcp``."""
+    or ``T x O x P`` with ``tcp``.
+
+    Unlike the input's, this transform stays one product: done separably (two stacks of
+    linear combinations, the second fused with the tile assembly) it compiled the VGG19
+    step 1.5-1.8 s slower for no faster step (``benchmarks/conv_speed.py``, 3 alternated
+    pairs at 256x192)."""
     at = _transforms(m, flip)[1]
     b, th, tw = tiles
     o = prod.shape[1 if tcp else 2]

@@ -172,6 +172,28 @@ def test_kernel_transform_is_g_k_gt_in_float64(m):
     np.testing.assert_allclose(got, want.reshape(got.shape), rtol=0, atol=3e-7 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("m", sorted(winograd.POINTS))
+def test_input_transform_is_bt_d_b_of_every_tile_in_float64(m, flip):
+    # Separable (B^T over the tile rows, then the columns): B^T d B of every zero-padded
+    # (m+2) x (m+2) tile, m apart, in (tile row, tile column, batch, th, tw) order, within
+    # float32 rounding of the float64 definition; flip uses B^T J (the backward's).
+    x = np.random.default_rng(10 + m).normal(size=(2, 7, 10, 3)).astype(np.float32)
+    n, (b, h, w, c) = m + 2, x.shape
+    th, tw = -(-h // m), -(-w // m)
+    bt = np.asarray(winograd.matrices(m)[2], np.float64)
+    bt = bt[:, ::-1] if flip else bt
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, th * m + 1 - h), (1, tw * m + 1 - w), (0, 0)))
+    tile_rows = [
+        [xp[:, i * m : i * m + n, j * m : j * m + n] for j in range(tw)] for i in range(th)
+    ]
+    d = np.stack([np.stack(row, 1) for row in tile_rows], 1)  # b, th, tw, n, n, c
+    want = np.einsum("ua,vb,xijabc->uvxijc", bt, bt, d).reshape(n * n, b * th * tw, c)
+    got, tiles = winograd._input_transform(jnp.asarray(x), m, flip)
+    assert tiles == (b, th, tw) and got.shape == want.shape and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("m", sorted(winograd.POINTS))
 @pytest.mark.parametrize("shape", [(2, 9, 14, 16, 8), (1, 50, 46, 16, 8)])
 def test_input_grad_from_the_forward_kernel_in_both_product_forms(m, shape):
@@ -196,7 +218,8 @@ def test_auto_policy_picks_winograd_where_it_pays_on_cpu():
     assert conv.tile_size("auto", 128, 128, 64, 128) == 4
     assert conv.tile_size("auto", 256, 256, 128, 128) == 4
     assert conv.tile_size("auto", 192, 256, 64, 64) == 4  # conv1_2 at 256x192
-    assert conv.tile_size("auto", 512, 512, 128, 128) == 0  # past 256x256: memory-bound
+    assert conv.tile_size("auto", 512, 512, 128, 128) == 4  # no pixel bound
+    assert conv.tile_size("auto", 768, 1024, 64, 64) == 4  # conv1_2 at 1024x768
     assert conv.tile_size("auto", 64, 64, 3, 64) == 0  # RGB input
     assert conv.tile_size("auto", 12, 16, 512, 512) == 3  # conv5_1 at 256x192: F(3x3)
     assert conv.tile_size("auto", 16, 16, 256, 512) == 3
@@ -239,9 +262,9 @@ def test_prepare_params_transforms_exactly_the_winograd_layers():
     assert sorted(k for k, v in prepared.items() if "winograd" in v) == expected
     assert "conv4_3" not in prepared  # past the deepest requested layer
     assert prepared["conv3_2"]["winograd"].shape == (36, 256, 256)
-    # 512x512: conv1_2 is past 256x256 pixels; conv2_1 (256x256) is not.
+    # 512x512: the same layers (no pixel bound on CPU).
     big = vgg.prepare_params(params, (1, 512, 512, 3), layers, "auto")
-    assert sorted(k for k, v in big.items() if "winograd" in v) == expected[1:]
+    assert sorted(k for k, v in big.items() if "winograd" in v) == expected
     assert not any(
         "winograd" in v
         for v in vgg.prepare_params(params, (1, 256, 256, 3), layers, "xla").values()

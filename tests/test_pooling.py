@@ -134,12 +134,12 @@ def test_vgg_ceil_mode_equals_reference_pooling_composed(tiny_params, kind):
     assert f["pool2"].shape[1:3] == (4, 3)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto's 256x256 bound is CPU's")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto's F(3x3) bound is CPU's")
 def test_prepare_params_follows_the_ceil_sizes(tiny_params):
-    """511x513: pool1 is 255x256 = 65280 pixels (floor, Winograd: at most 256x256) or
-    256x257 = 65792 (ceil, XLA)."""
-    shape = (1, 511, 513, 3)
-    floor = vgg.prepare_params(tiny_params, shape, ("relu2_1",), "auto")
-    ceil = vgg.prepare_params_jit(tiny_params, shape, ("relu2_1",), "auto", ceil_mode=True)
-    assert "winograd" in floor["conv2_1"]
-    assert "winograd" not in ceil["conv2_1"]
+    """271x271: pool4 is 16x16 = 256 positions (floor: conv5_1 takes F(3x3), 25 points) or
+    17x17 = 289 (ceil: F(4x4), 36 points)."""
+    shape = (1, 271, 271, 3)
+    floor = vgg.prepare_params(tiny_params, shape, ("relu5_1",), "auto")
+    ceil = vgg.prepare_params_jit(tiny_params, shape, ("relu5_1",), "auto", ceil_mode=True)
+    assert floor["conv5_1"]["winograd"].shape == (25, 512, 512)
+    assert ceil["conv5_1"]["winograd"].shape == (36, 512, 512)
