@@ -10,7 +10,9 @@
   second run of the same shapes compiles nothing: the step program, targets, final
   losses, Winograd kernel transforms and the fast network are all read back.
   ``NSTJAX_COMPILE_CACHE=0`` turns it off, ``NSTJAX_COMPILE_CACHE=DIR`` moves it;
-  ``nstjax cache clear`` empties it.
+  ``nstjax cache clear`` empties it. An entry written only in part (a run stopped
+  while writing it) is removed when JAX fails to read it, and written again
+  (:func:`remove_unreadable_entries`).
 
 The ``nstjax`` command, ``python -m nstjax.main`` and the benchmarks call it first;
 library users who want the same call ``nstjax.setup()`` before running any JAX code
@@ -20,9 +22,14 @@ XLA's threads allocate).
 
 from __future__ import annotations
 
+import glob
+import importlib
 import os
+import re
 import shutil
 import sys
+import warnings
+import zlib
 from pathlib import Path
 
 from nstjax import malloc, xla_flags
@@ -50,7 +57,75 @@ def enable_compile_cache(environ=os.environ) -> str | None:
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _heal_on_read_errors(path)
     return str(path)
+
+
+# JAX's warning when an entry cannot be read back: the entry's module name is all it names.
+_READ_ERROR = re.compile(r"Error reading persistent compilation cache entry for '([\w.-]+)'")
+
+
+def _readable(data: bytes) -> bool:
+    """True if some decompressor JAX may have written ``data`` with reads all of it
+    (JAX compresses entries with zstd where a zstd module is installed, else zlib)."""
+    decompressors = [zlib.decompress]
+    for name in ("compression.zstd", "zstandard"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if name == "zstandard":
+            decompressors.append(module.ZstdDecompressor().decompress)
+        else:
+            decompressors.append(module.decompress)
+    for decompress in decompressors:
+        try:
+            decompress(data)
+            return True
+        except Exception:  # noqa: BLE001, S112  (each module raises its own error)
+            continue
+    return False
+
+
+def remove_unreadable_entries(path: Path, module: str) -> list[str]:
+    """Removes the cache entries of JAX module ``module`` under ``path`` that no
+    decompressor reads whole; returns their file names.
+
+    JAX writes an entry in place and never overwrites one, so an entry cut short (a run
+    killed while writing it) was read, warned about and compiled again by every later
+    run. Removed, it is written whole by the run that found it. An entry another process
+    is still writing may be removed too: the file being written vanishes and this run
+    writes the entry itself."""
+    removed = []
+    key = "[0-9a-f]" * 64  # JAX's key: the module's name, then a SHA-256 in hex
+    for entry in sorted(path.glob(f"{glob.escape(module)}-{key}-cache")):
+        try:
+            if _readable(entry.read_bytes()):
+                continue
+            entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry.name)
+    return removed
+
+
+def _heal_on_read_errors(path: Path) -> None:
+    """Has JAX's warning about an unreadable cache entry remove that module's unreadable
+    entries, in one line instead of the warning (which each later run would repeat)."""
+    previous = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        match = _READ_ERROR.search(str(message))
+        removed = remove_unreadable_entries(path, match.group(1)) if match else []
+        if not removed:
+            return previous(message, category, filename, lineno, file, line)
+        print(f"nstjax: removed {len(removed)} unreadable compilation cache "
+              f"entr{'y' if len(removed) == 1 else 'ies'} of {match.group(1)} (written in "
+              "part: by a run that was stopped, or one still writing); compiled again",
+              file=sys.stderr)  # fmt: skip
+        return None
+
+    warnings.showwarning = showwarning
 
 
 def clear_compile_cache(environ=os.environ) -> tuple[str, int]:

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 
@@ -192,6 +193,7 @@ def test_whole_executables_need_a_key_the_source_covers(monkeypatch, tmp_path):
 
 LAPACK_PROGRAM = """
 import sys
+import zlib
 import jax, jax.numpy as jnp, numpy as np
 from nstjax import aot, monitor
 x = jnp.asarray(np.arange(16, dtype=np.float32).reshape(4, 4) / 7.0)
@@ -313,3 +315,63 @@ def test_an_in_process_compile_gives_the_heap_back(monkeypatch, tmp_path):
     x = jnp.ones((3, 5))
     assert float(f(x)[0, 0]) == 3.0 and trims == [1]  # compiled here: trimmed after
     assert float(f(x)[0, 0]) == 3.0 and trims == [1]  # the same executable: nothing to trim
+
+
+CUT_SHORT = """
+import nstjax
+nstjax.setup()
+import warnings
+import jax, jax.numpy as jnp
+print(float(jax.jit(lambda x: jnp.sin(x) * 3 + 1)(jnp.float32(2.0))))
+warnings.warn("an unrelated warning")
+"""
+
+
+def test_an_entry_written_in_part_is_removed_and_written_again(tmp_path):
+    """JAX writes an entry in place and never overwrites one: cut short (a run killed
+    while writing it), every later run warned and compiled it again. nstjax removes it
+    in one line, and the run writes it whole."""
+    cache = tmp_path / "xla"
+    env = dict(os.environ, NSTJAX_COMPILE_CACHE=str(cache))
+
+    def run():
+        res = subprocess.run([sys.executable, "-c", CUT_SHORT], env=env, check=True,
+                             capture_output=True, text=True)  # fmt: skip
+        return float(res.stdout.split()[-1]), res.stderr
+
+    y1, err1 = run()
+    (entry,) = cache.glob("jit__lambda-*-cache")
+    whole = entry.read_bytes()
+    entry.write_bytes(whole[: len(whole) // 2])
+    y2, err2 = run()
+    lines = [line for line in err2.splitlines() if "cache" in line]
+    assert lines == [
+        "nstjax: removed 1 unreadable compilation cache entry of jit__lambda (written in part:"
+        " by a run that was stopped, or one still writing); compiled again"
+    ]
+    assert "Error reading" not in err2
+    assert entry.read_bytes() == whole  # written whole by the run that found it
+    y3, err3 = run()
+    assert "cache" not in err3 and "Error reading" not in err3
+    for err in (err1, err2, err3):  # other warnings are shown as before
+        assert "UserWarning: an unrelated warning" in err
+    assert y1 == y2 == y3 == np.float32(np.sin(np.float32(2.0)) * 3 + 1)
+
+
+def test_only_unreadable_entries_of_the_named_module_are_removed(tmp_path):
+    whole = zlib.compress(b"an executable" * 100)
+    key = "0123456789abcdef" * 4
+    files = {
+        f"jit_a-{key}-cache": whole,
+        f"jit_a-{key[::-1]}-cache": whole[:20],  # cut short
+        f"jit_ab-{key}-cache": whole[:20],  # another module whose name starts alike
+        f"jit_a-b-{key}-cache": whole[:20],  # and another
+        f"jit_b-{key}-cache": b"",
+        f"jit_a-{key}-atime": b"",  # not an entry
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    cut = f"jit_a-{key[::-1]}-cache"
+    assert process.remove_unreadable_entries(tmp_path, "jit_a") == [cut]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(files) - {cut})
+    assert process.remove_unreadable_entries(tmp_path, "jit_b") == [f"jit_b-{key}-cache"]
