@@ -268,7 +268,8 @@ def build_job(
     program = program_for(settings, obj, content_img.shape[:2])  # refuses before any work
     from nstjax import memory  # noqa: PLC0415
 
-    estimate = memory.fit(settings, obj, content_img.shape[:2], content_rgb is not None)
+    estimate = memory.fit(settings, obj, content_img.shape[:2], content_rgb is not None,
+                          [s.shape[:2] for s in style_imgs])  # fmt: skip
     obj = dataclasses.replace(obj, remat=settings.remat == "on")
     program = dataclasses.replace(program, objective=obj)
     for s_img in style_imgs:

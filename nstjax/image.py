@@ -143,6 +143,19 @@ def target_size(width: int, height: int, long_side: int | None) -> tuple[int, in
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def check_target(what: str, width: int, height: int) -> None:
+    """Refuses to resize an image to more pixels than :func:`max_pixels` allows (a large
+    ``--size`` would otherwise allocate it, and a run that size is refused later anyway:
+    the memory estimate of :mod:`nstjax.memory`)."""
+    limit = max_pixels()
+    if width * height > limit:
+        raise UsageError(
+            f"image {what} resized to {width}x{height} would have {width * height:,} pixels, "
+            f"more than the limit of {limit:,}; use a smaller size (or set "
+            f"{MAX_PIXELS_ENV} to raise the limit)"
+        )
+
+
 def load(
     path: str | os.PathLike,
     long_side: int | None = None,
@@ -160,6 +173,7 @@ def load(
         w, h = size[1], size[0]
     else:
         w, h = target_size(*img.size, long_side)
+    check_target(repr(str(path)), w, h)
     if (w, h) != img.size:
         img = img.resize((w, h), Image.Resampling.LANCZOS)
     return np.asarray(img, dtype=np.float32)

@@ -43,9 +43,11 @@ def from_array(img: np.ndarray, long_side, size) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise UsageError(f"image arrays must be HxWx3, got shape {arr.shape}")
     if size is not None:
+        image.check_target("array", size[1], size[0])
         return image.resize(arr, *size) if arr.shape[:2] != tuple(size) else arr
     if long_side is not None:
         w, h = image.target_size(arr.shape[1], arr.shape[0], long_side)
+        image.check_target("array", w, h)
         return image.resize(arr, h, w) if (h, w) != arr.shape[:2] else arr
     return arr
 

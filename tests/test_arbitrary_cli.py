@@ -132,3 +132,15 @@ def test_a_warm_command_runs_both_programs_without_jax(base, tmp_path, monkeypat
     res = subprocess.run([sys.executable, "-m", "nstjax", *cmd], capture_output=True, text=True)
     assert res.returncode == 2 and "not found" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad.png").exists()
+    # and its refusal of an image too large for memory, before JAX is imported
+    cmd = [*base[:-4], "--output", str(tmp_path / "big.png"), "--size", "64", "--quiet"]
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "nstjax", *cmd],
+                         capture_output=True, text=True,
+                         env={**os.environ, "NSTJAX_MEMORY_LIMIT": "100M"})  # fmt: skip
+    lines = [line for line in res.stderr.splitlines() if not line.startswith("import time:")]
+    assert res.returncode == 2 and lines == [
+        "nstjax: error: the fast network on a 64x48 image needs an estimated 0.3 GiB of memory "
+        "and 0.1 GiB is available; use a smaller --size"
+    ], res.stderr[-500:]
+    assert not any(line.rsplit("|", 1)[-1].strip() == "jax" for line in res.stderr.splitlines())
+    assert not (tmp_path / "big.png").exists()

@@ -168,3 +168,24 @@ def test_missing_images_fail_the_suite_unless_skipping_is_allowed(tmp_path, monk
     with pytest.raises(pytest.skip.Exception, match="test images not found"):
         conftest.find_images(tmp_path)
     assert conftest.find_images() == conftest.IMAGES  # here, they are present
+
+
+def test_a_size_beyond_the_pixel_limit_is_refused_before_resizing(tmp_path, monkeypatch):
+    """`--size 100000` made PIL allocate a 100000x75000 image: the process was killed."""
+    from nstjax import inputs  # noqa: PLC0415
+
+    monkeypatch.delenv("NSTJAX_MAX_PIXELS", raising=False)
+    path = _save(Image.new("RGB", (40, 30)), tmp_path / "small.png")
+    with pytest.raises(UsageError) as info:
+        image.load(path, long_side=100_000)
+    assert str(info.value) == (
+        f"image {str(path)!r} resized to 100000x75000 would have 7,500,000,000 pixels, more "
+        "than the limit of 100,000,000; use a smaller size (or set NSTJAX_MAX_PIXELS to raise "
+        "the limit)"
+    )
+    with pytest.raises(UsageError, match="image array resized to 20000x15000 would have"):
+        inputs.from_array(np.zeros((30, 40, 3), np.float32), 20_000, None)
+    monkeypatch.setenv("NSTJAX_MAX_PIXELS", "1200")
+    assert image.load(path, long_side=40).shape == (30, 40, 3)
+    with pytest.raises(UsageError, match="resized to 41x31 would have 1,271 pixels"):
+        image.load(path, long_side=41)

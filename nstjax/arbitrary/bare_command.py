@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nstjax import atomic, bare, image
+from nstjax import atomic, bare, image, memory
 from nstjax.arbitrary import weights as arbitrary_weights
 from nstjax.settings import Settings, blend_weights
 from nstjax.weights import cache
@@ -144,6 +144,7 @@ def _stylize(settings, content, styles, out_path, json_path, weights, strength, 
     # and PIL release the GIL), the transformer's after it
     threads.append(_Background(lambda: [runtime.result().load(r) for r in records]))
     content_HxWx3 = image.load(content, long_side=settings.size)
+    memory.fit_arbitrary(content_HxWx3.shape[:2])  # refused as the JAX path refuses it
     contents = content_input([content_HxWx3])
     strengths = np.asarray([strength], np.float32)
     own_style = bool(np.any(strengths != 1.0))  # as batch.run_group decides it

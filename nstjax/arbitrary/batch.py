@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nstjax import aot
+from nstjax import aot, memory
 from nstjax.arbitrary import api, bare_command
 from nstjax.arbitrary import weights as arbitrary_weights
 from nstjax.inputs import ImageCache, ImageLike
@@ -106,7 +106,10 @@ def load_params() -> dict:
 def run_group(
     jobs: list[ArbitraryJob], batch_size: int, params: dict | None = None
 ) -> Iterator[tuple[ArbitraryJob, np.ndarray, float]]:
-    """Yields (job, pixel-space HxWx3 output, seconds of its batch) per job."""
+    """Yields (job, pixel-space HxWx3 output, seconds of its batch) per job (a group:
+    one content shape); refuses a batch that cannot fit before any work."""
+    cpu = jax.default_backend() == "cpu"
+    memory.fit_arbitrary(jobs[0].content_HxWx3.shape[:2], min(batch_size, len(jobs)), cpu)
     params = load_params() if params is None else jax.device_put(params)
     vec_cache: dict = {}
     for start in range(0, len(jobs), batch_size):
