@@ -95,8 +95,10 @@ def estimate(
     """Estimated peak bytes of a run, with its parts. ``tile_hw``: the crop of a tiled
     run (:mod:`nstjax.tiles`), whose activations are one tile's, not the image's; its
     targets' forward pass over the largest whole reference image (``reference_px``
-    pixels) is added. Untiled, the activations' calibration includes it."""
+    pixels) is added. Untiled, the activations' calibration includes it for references
+    up to the content's size; a larger one (``--style-scale``) adds the excess."""
     px = height * width
+    ref_excess = reference_px - px
     total, _, _ = _layer_floats_per_pixel(deepest)
     act_px = px if tile_hw is None else tile_hw[0] * tile_hw[1]
     act = ACT_FACTOR * 4 * act_px * total
@@ -109,7 +111,8 @@ def estimate(
         "lbfgs_history": (2 * memory_size * image if lbfgs else 0) * runs,
         "params": params,
         "baseline": BASELINE_BYTES,
-        "targets": TARGETS_BYTES_PER_PIXEL * reference_px if tile_hw is not None else 0,
+        # untiled, the activations' calibration covers references the content's size
+        "targets": TARGETS_BYTES_PER_PIXEL * (reference_px if tile_hw else max(0, ref_excess)),
     }
     parts["total"] = (parts["activations"] + parts["optimizer_state"] + params
                       + BASELINE_BYTES + parts["targets"])  # fmt: skip
@@ -140,6 +143,9 @@ def fit(settings, obj, hw: tuple[int, int], luminance: bool, style_hws=()) -> di
             hint.append(f"--memory-size 10 ({gib(short['total'])}; the "
                         f"{settings.memory_size} L-BFGS pairs take "
                         f"{gib(e['lbfgs_history'])})")  # fmt: skip
+        if reference_px > hw[0] * hw[1] and e["targets"] > e["total"] / 2:
+            hint.append(f"a smaller --style-scale (a style image of {reference_px:,} pixels: "
+                        f"its targets take {gib(e['targets'])})")  # fmt: skip
         if not settings.tile and max(hw) > 512:
             hint.append("--tile 512 (tiled gradients)")
         hint += ["a smaller --size", "a coarse-to-fine --scales schedule ending lower"]

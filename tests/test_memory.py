@@ -52,6 +52,8 @@ def test_a_tiled_run_counts_its_targets_forward_pass_on_the_whole_images():
     crop = (672, 672)
     untiled = memory.estimate(2048, 2048, "relu5_1", reference_px=4 * 2**20)
     assert untiled["targets"] == 0  # in the activations' calibration
+    larger = memory.estimate(2048, 2048, "relu5_1", reference_px=5 * 2**20)  # --style-scale
+    assert larger["targets"] == 512 * 2**20
     tiled = memory.estimate(2048, 2048, "relu5_1", tile_hw=crop)
     with_refs = memory.estimate(2048, 2048, "relu5_1", tile_hw=crop, reference_px=4 * 2**20)
     assert with_refs["targets"] == 512 * 4 * 2**20 == 2 * 2**30  # two 64-channel maps a pixel
@@ -102,3 +104,18 @@ def test_the_fast_network_is_refused_where_xla_cpu_would_abort(images, tmp_path,
     assert peak < e["total"] < 1.4 * peak
     with pytest.raises(UsageError, match="on 4 images of 4096x3072 needs .* --batch-size"):
         memory.fit_arbitrary((3072, 4096), batch=4)
+
+
+def test_a_style_image_much_larger_than_the_content_is_counted(images, tmp_path, capsys,
+                                                               monkeypatch):  # fmt: skip
+    """--style-scale 20 at 512 px made a 66-megapixel style image whose targets (31 GiB)
+    aborted the process inside XLA; now the estimate counts them and names the scale."""
+    monkeypatch.setenv("NSTJAX_MEMORY_LIMIT", "2G")
+    argv = ["stylize", "--content", str(images / "tubingen.jpg"), "--style",
+            str(images / "starry_night.jpg"), "--output", str(tmp_path / "o.png"),
+            "--size", "64", "--style-scale", "40", "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "a 64x48 run needs an estimated" in err
+    assert "a smaller --style-scale (a style image of 4,096,000 pixels: its targets" in err
+    assert cli.main(argv[:-2] + ["2", "--quiet", "--steps", "0", "--panel", "off"]) == 0
