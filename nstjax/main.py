@@ -35,9 +35,23 @@ def config_path_and_arg(fl) -> tuple[str, str | None]:
 
 
 def _parse(argv: Sequence[str]):
+    """The flags of ``argv``. ml_collections finds ``--config.x=y`` overrides in
+    ``sys.argv``, so it is ``argv`` while parsing: ``cli.main([...])`` from Python (a
+    notebook, a test) takes its overrides as the command line does."""
+    saved = sys.argv
+    sys.argv = list(argv)
+    try:
+        return _parse_argv(argv)
+    finally:
+        sys.argv = saved
+
+
+def _parse_argv(argv: Sequence[str]):
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(__doc__.strip() + "\n\nFlags:\n" + _FLAGS.main_module_help())
         raise SystemExit(0)
+    for name in [n for n in _FLAGS if n.startswith("config.")]:  # a call before's overrides
+        delattr(_FLAGS, name)
     try:
         _FLAGS.unparse_flags()
         _FLAGS(list(argv))
@@ -69,8 +83,7 @@ def _parse(argv: Sequence[str]):
 def _config_error(argv: Sequence[str], e: Exception) -> str:
     """One line for an error raised while loading or overriding a config."""
     if isinstance(e, (AttributeError, KeyError)):  # --config.x.y=... names no field
-        bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-        return f"unknown config field in {bad}: {e}"
+        return _unknown_field(argv, e)
     where = ""
     tb = e.__traceback__
     while tb is not None:  # the innermost frame in the config file itself
@@ -81,6 +94,25 @@ def _config_error(argv: Sequence[str], e: Exception) -> str:
         where = f" ({Path(e.filename or '?').name}:{e.lineno})"
         return f"cannot load config: SyntaxError: {e.msg}{where}"
     return f"cannot load config: {type(e).__name__}: {e}{where}"
+
+
+def _unknown_field(argv: Sequence[str], e: Exception) -> str:
+    """``--config.steps=3``: which override names no field, and, for a run setting given
+    at the top, where it is (``--config.settings.steps``)."""
+    from nstjax import settings  # noqa: PLC0415
+
+    while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError("'x'"))
+        e = e.args[0]
+    key = str(e.args[0]).strip("'\"") if e.args else ""
+    given = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    bad = [g for g in given if g.rsplit(".", 1)[-1] == key] or given
+    message = f"unknown config field: {', '.join(bad)}"
+    names = {f.name for f in settings.fields()}
+    moved = [f"--config.settings.{b.rsplit('.', 1)[-1]}" for b in bad
+             if b.count(".") == 1 and b.rsplit(".", 1)[-1] in names]  # fmt: skip
+    if moved:
+        message += f" (a run's settings are under config.settings: {', '.join(moved)})"
+    return message
 
 
 def run_from_flags(argv: Sequence[str]) -> int:

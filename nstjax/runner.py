@@ -83,6 +83,10 @@ def run(
         writers.require_tensorboard()  # before hours of work, not after
     variants = sweep.expand(config, sweep_fn, arg)
     writer = jax.process_index() == 0
+    try:  # once the sweep is known to be good
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the workdir {str(workdir)!r}: {e.strerror}") from None
     claims = Claims(workdir, float(config.get("claim_timeout", STALE_AFTER)))
     fp = sweep.fingerprint(config, variants, _pins(variants))
     sweep.prepare_workdir(workdir, fp, overwrite, writer, claims.live_others())

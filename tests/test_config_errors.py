@@ -47,13 +47,24 @@ def test_bad_config_file(tmp_path, capsys, name):
     assert not (workdir / "variants").exists()
 
 
-def test_unknown_override(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.settings.bogus=1", "unknown config field: --config.settings.bogus"),
+        ("--config.grid.bogus=1", "unknown config field: --config.grid.bogus"),
+        (
+            "--config.steps=3",  # a run setting given at the top
+            "unknown config field: --config.steps (a run's settings are under "
+            "config.settings: --config.settings.steps)",
+        ),
+    ],
+)
+def test_unknown_override(tmp_path, capsys, override, message):
     argv = ["run", "--config", str(ROOT / "experiments" / "default.py") + ":runlocal",
-            "--workdir", str(tmp_path / "w"), "--config.settings.bogus=1"]  # fmt: skip
+            "--workdir", str(tmp_path / "w"), "--config.batch_size=1", override]  # fmt: skip
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
-    assert err[0].startswith("nstjax: error: ") and "config.settings.bogus" in err[0]
+    assert err == [f"nstjax: error: {message}"]  # the valid override is not named
 
 
 def test_image_too_small_names_the_minimum(images, tmp_path, capsys):
@@ -82,3 +93,26 @@ def test_negative_or_non_finite_numbers(images, tmp_path, capsys, flag, value, m
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_overrides_given_from_python_apply_at_every_call(tmp_path):
+    """ml_collections reads overrides from sys.argv: `cli.main([...])` from Python used
+    to fail on any `--config.x=y` ("Unknown command line flag"), and a second call on
+    the first call's override flags ("defined twice")."""
+    from nstjax import main  # noqa: PLC0415
+
+    for steps in (2, 3):
+        fl = main._parse(["nstjax run", "--config", str(ROOT / "experiments" / "default.py")
+                          + ":runlocal", "--workdir", str(tmp_path / "w"),
+                          f"--config.settings.steps={steps}", "--config.batch_size=1"])  # fmt: skip
+        assert fl.config.settings.steps == steps and fl.config.batch_size == 1
+
+
+def test_a_workdir_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    workdir = tmp_path / "file" / "w"
+    argv = ["run", "--config", str(ROOT / "experiments" / "default.py") + ":runlocal",
+            "--workdir", str(workdir)]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"nstjax: error: cannot create the workdir {str(workdir)!r}: Not a directory"]
