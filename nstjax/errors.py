@@ -42,12 +42,35 @@ def guarded(fn, prog: str = "nstjax") -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # anything else is our bug: still one line unless debugging
+    except Exception as e:  # a bug in user code (a loss term, a config) or ours
         if os.environ.get("NSTJAX_DEBUG"):
             raise
         msg = " ".join(str(e).split())[:300]
+        where = _user_frame(e)
+        what = f"error in {where}" if where else "internal error"
         print(
-            f"{prog}: internal error: {type(e).__name__}: {msg} (NSTJAX_DEBUG=1 for a traceback)",
+            f"{prog}: {what}: {type(e).__name__}: {msg} (NSTJAX_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
         return RUNTIME
+
+
+def _user_frame(e: BaseException) -> str | None:
+    """``file.py:line (function)`` when the innermost frame of ``e``'s traceback that is
+    not an installed library's or Python's own is not nstjax's either: a registered loss
+    term or a config file raised it (through JAX, say). None when it is nstjax's."""
+    import sysconfig  # noqa: PLC0415
+
+    ours = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    theirs = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    found = None
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        path = os.path.abspath(code.co_filename)
+        if not (code.co_filename.startswith("<")
+                or any(path.startswith(t + os.sep) for t in theirs)):  # fmt: skip
+            found = None if path.startswith(ours) else (
+                f"{os.path.basename(path)}:{tb.tb_lineno} ({code.co_name})")  # fmt: skip
+        tb = tb.tb_next
+    return found

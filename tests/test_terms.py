@@ -252,3 +252,103 @@ def test_targets_are_cached_per_weights(images, real_weights):
     a = build.build_job(s, *pair, real_weights, caches=caches).run["targets"][1]["conv1_1"]
     b = build.build_job(s, *pair, scaled, caches=caches).run["targets"][1]["conv1_1"]
     assert not np.allclose(np.asarray(a), np.asarray(b))
+
+
+CONFIG_WITH_A_TERM = """
+import jax.numpy as jnp
+import nstjax
+from nstjax import configs as common
+
+
+def targets(feat_1xHxWxC, out_shape):
+    return feat_1xHxWxC.mean((0, 1, 2))
+
+
+def loss(feat_BxHxWxC, target_C, key):
+    return ((feat_BxHxWxC.mean((1, 2)) - target_C{cut}) ** 2).sum(-1)
+
+
+nstjax.register_term("{name}", role="style", targets=targets, loss=loss)
+
+
+def get_config(arg=None):
+    config = common.base_config("runlocal")
+    config.settings.style_loss = ("{name}",)
+    config.settings.steps = 2
+    return config.lock()
+"""
+
+
+def test_a_config_file_registers_its_own_term_and_its_bugs_are_named(tmp_path, capsys,
+                                                                     cache_env):  # fmt: skip
+    """ml_collections runs a config file and nstjax runs it again for its sweep(): the
+    same registration twice is one kind. A bug in the term is named by file and line
+    (one line, exit code 1), not reported as nstjax's own error."""
+    from nstjax import cli  # noqa: PLC0415
+
+    try:
+        good = tmp_path / "own_term.py"
+        good.write_text(CONFIG_WITH_A_TERM.format(name="cfg_mean", cut=""))
+        argv = ["run", "--config", str(good), "--workdir", str(tmp_path / "w"), "--noprogress"]
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        (metrics,) = (tmp_path / "w" / "variants").glob("*/metrics.json")
+        assert "style/cfg_mean" in json.loads(metrics.read_text())["terms"]
+        assert cli.main(argv[:4] + [str(tmp_path / "w2"), "--noprogress"]) == 0  # and again
+        bad = tmp_path / "buggy_term.py"
+        bad.write_text(CONFIG_WITH_A_TERM.format(name="cfg_buggy", cut="[:3]"))
+        capsys.readouterr()
+        argv = ["run", "--config", str(bad), "--workdir", str(tmp_path / "b"), "--noprogress"]
+        assert cli.main(argv) == 1
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("nstjax: error in buggy_term.py:12 (loss): ValueError: ")
+        assert "Incompatible shapes" in line and "internal error" not in line
+    finally:
+        terms.KINDS.pop("cfg_mean", None)
+        terms.KINDS.pop("cfg_buggy", None)
+
+
+def test_the_same_definition_registered_again_is_kept_and_another_refused():
+    first = nstjax.register_term("twice", role="style", targets=_meanstd_targets,
+                                 loss=_meanstd_loss, options={"p": 2.0})  # fmt: skip
+    try:
+        exec_again = {}  # the same source compiled again, as a module run twice is
+        src = (
+            "def loss(feat_BxHxWxC, target, key, p=2.0):\n    return feat_BxHxWxC.sum((1, 2, 3))\n"
+        )
+        exec(compile(src, "mod.py", "exec"), exec_again)  # noqa: S102
+        again = {}
+        exec(compile(src, "mod.py", "exec"), again)  # noqa: S102
+        a = nstjax.register_term("twice_b", role="style", targets=_meanstd_targets,
+                                 loss=exec_again["loss"], options={"p": 2.0})  # fmt: skip
+        b = nstjax.register_term("twice_b", role="style", targets=_meanstd_targets,
+                                 loss=again["loss"], options={"p": 2.0})  # fmt: skip
+        assert a is b and terms.get("twice_b").loss is exec_again["loss"]
+        edited = {}
+        exec(compile(src.replace("sum", "mean"), "mod.py", "exec"), edited)  # noqa: S102
+        for kw in ({"loss": edited["loss"]}, {"options": {"p": 3.0}}):
+            with pytest.raises(UsageError, match="already registered"):
+                nstjax.register_term("twice_b", **{"role": "style", "targets": _meanstd_targets,
+                                                   "loss": again["loss"], "options": {"p": 2.0},
+                                                   **kw})  # fmt: skip
+        assert nstjax.register_term("twice", role="style", targets=_meanstd_targets,
+                                    loss=_meanstd_loss, options={"p": 2.0}) is first  # fmt: skip
+    finally:
+        terms.KINDS.pop("twice", None)
+        terms.KINDS.pop("twice_b", None)
+
+
+def test_an_error_is_blamed_on_user_code_only_when_raised_there(capsys):
+    from nstjax import errors, image  # noqa: PLC0415
+
+    def user_code():
+        return jnp.zeros(3) + jnp.zeros(4)  # raised inside JAX, called from here
+
+    def calls_nstjax():
+        return image.target_size("8", 1, 5)  # raised inside nstjax: its bug, as far as it knows
+
+    assert errors.guarded(user_code) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("nstjax: error in test_terms.py:") and "(user_code): TypeError" in line
+    assert errors.guarded(calls_nstjax) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("nstjax: internal error: ")

@@ -145,13 +145,12 @@ def register(
     everywhere a term is named: ``nstjax.stylize(..., style_loss=("name",))``, the CLI's
     ``--style-loss name`` and config sweeps. Re-registering a name raises unless
     ``replace=True`` (compiled programs are cached by name, so replace only before
-    running anything with the old kind).
+    running anything with the old kind), or unless it is the same definition run again
+    (the same source: a config file's module is executed twice); the first is kept.
     """
     if not name or not name.replace("_", "").isalnum():
         raise UsageError(f"term kind names are letters, digits and '_', got {name!r}")
     load_builtins()
-    if name in KINDS and not replace:
-        raise UsageError(f"term kind {name!r} is already registered (pass replace=True)")
     if role not in ROLES:
         raise UsageError(f"term kind {name!r}: role must be one of {ROLES}, got {role!r}")
     if reads not in ("features", "pixels"):
@@ -173,8 +172,40 @@ def register(
         name, role, loss, targets, options, blend, reads, stochastic, doc, check,
         masked_targets, masked_loss, tile_stats, tile_loss, tile_target,
     )  # fmt: skip
+    if name in KINDS and not replace:
+        if _same_definition(KINDS[name], kind):  # the same source run again: kept
+            return KINDS[name]
+        raise UsageError(f"term kind {name!r} is already registered (pass replace=True)")
     KINDS[name] = kind
     return kind
+
+
+def _same_definition(a: Kind, b: Kind) -> bool:
+    """Whether two registrations are one definition executed twice: a config file that
+    registers a kind is run by ml_collections and again for its ``sweep``, and a
+    notebook may import a module again. Functions match by their code (file, line,
+    bytecode, constants), defaults and closures; anything else by ``==``."""
+    return all(
+        _same_function(x, y) if callable(x) else x == y
+        for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b), strict=True)
+    )
+
+
+def _same_function(f, g) -> bool:
+    if f is g:
+        return True
+    cf, cg = getattr(f, "__code__", None), getattr(g, "__code__", None)
+    if cf is None or cg is None or cf != cg or cf.co_filename != cg.co_filename:
+        return False
+    try:
+        cells = [tuple(c.cell_contents for c in h.__closure__ or ()) for h in (f, g)]
+        return bool(
+            f.__defaults__ == g.__defaults__
+            and f.__kwdefaults__ == g.__kwdefaults__
+            and cells[0] == cells[1]
+        )
+    except Exception:  # noqa: BLE001  (an empty cell, an array's ambiguous ==)
+        return False
 
 
 def get(name: str) -> Kind:
