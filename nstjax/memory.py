@@ -46,8 +46,8 @@ TARGETS_BYTES_PER_PIXEL = 512
 """A reference image's targets program, a forward pass to relu5_1: XLA's temporary
 buffers are two 64-channel float32 maps a pixel (``memory_analysis()`` of
 ``objective._reference_targets`` at 512x384, 1024x768 and 2048x1536: 512 bytes a pixel
-each). Whole 3072x2304 images, ``--tile 512 --steps 0``: peak RSS 4.27 GB against 4.3
-estimated (3.6 GB of targets)."""
+each). A whole 3072x2304 tiled command with ``--steps 0``: peak RSS 4,174 MiB, against
+4.2 GiB for its targets (3.4 GiB), params and baseline."""
 
 ARBITRARY_BASE_BYTES = 300 * 2**20
 ARBITRARY_BYTES_PER_PIXEL = 150
