@@ -144,3 +144,37 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     data = json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n"
     return write_bytes(path, data.encode())
+
+
+MAX_JSON_BYTES = 64 * 2**20
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A JSON file written by :func:`write_json`, or by hand, or by anyone: read only if
+    it is a regular file (a FIFO would block the read forever) of at most ``max_bytes``.
+    Raises OSError (missing, unreadable) or ValueError (not a regular file, too large,
+    not JSON, nested too deeply), each with the path."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without a writer
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{str(path)!r} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ValueError(f"{str(path)!r} is larger than {max_bytes:,} bytes")
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{str(path)!r} is nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"{str(path)!r} is not JSON: {e}") from None
+
+
+def read_json_object(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """:func:`read_json` of a file that must hold a JSON object (ValueError otherwise)."""
+    value = read_json(path, max_bytes)
+    if not isinstance(value, dict):
+        raise ValueError(f"{str(path)!r} holds a JSON {type(value).__name__}, not an object")
+    return value

@@ -319,7 +319,8 @@ def build_job(
     elif init is None:
         init = _initial_image(settings, content_img, style_imgs)
         if content_rgb is not None:  # luminance-only: optimize one channel
-            init = init[..., :1] if settings.init != "arbitrary" else luma(init)
+            grey = settings.init in ("content", "style", "noise")  # (Y, Y, Y) or noise
+            init = init[..., :1] if grey else luma(init)  # a picture: the fast network's, a file
         if cacheable:
             caches[ikey] = init
     loss_weights = objective.make_weights(

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
 
+from nstjax import atomic
 from nstjax.errors import NstError
 
 STALE_AFTER = 600.0  # seconds without a heartbeat before another host's claim is stale
@@ -33,6 +35,29 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch; Linux /proc), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _holder_alive(holder: dict, me: dict) -> bool:
+    """Whether the process a same-host claim names still runs: a pid that is a positive
+    int, not this process's (its own claims are held in memory), alive, and not started
+    after the claim was made (a pid reused by a later process)."""
+    pid, started = holder.get("pid"), holder.get("started")
+    if type(pid) is not int or not 0 < pid < 2**22 or pid == me["pid"] or not _alive(pid):
+        return False
+    began = _started(pid)
+    return not (isinstance(started, (int, float)) and began is not None and began > started + 2)
 
 
 class Claims:
@@ -49,21 +74,24 @@ class Claims:
 
     def _read(self, path: Path) -> dict | None:
         try:
-            return json.loads(path.read_text())
+            return atomic.read_json_object(path, max_bytes=4096)
         except (OSError, ValueError):
             return None
 
     def is_stale(self, path: Path) -> bool:
-        """A claim whose holder is gone (or that cannot be read after a grace period)."""
+        """A claim whose holder is gone (or that cannot be read after a grace period: a
+        claim is being written, or garbage, a directory, a FIFO)."""
         holder = self._read(path)
         try:
             age = time.time() - path.stat().st_mtime
         except FileNotFoundError:
             return False  # released meanwhile
-        if holder is None:  # being written, or garbage: stale once old
+        if holder is None:
             return age > 5.0
+        if holder == self.me:
+            return False
         if holder.get("host") == self.me["host"]:
-            return holder.get("pid") != self.me["pid"] and not _alive(int(holder.get("pid", -1)))
+            return not _holder_alive(holder, self.me)
         return age > self.stale_after
 
     def _bury(self, path: Path) -> bool:
@@ -73,7 +101,12 @@ class Claims:
             os.rename(path, grave)  # exactly one taker wins this rename
         except FileNotFoundError:
             return False
-        grave.unlink(missing_ok=True)
+        except OSError as e:
+            raise NstError(f"cannot remove the stale claim {str(path)!r}: {e.strerror}") from None
+        if grave.is_dir() and not grave.is_symlink():
+            shutil.rmtree(grave, ignore_errors=True)
+        else:
+            grave.unlink(missing_ok=True)
         return True
 
     def reap(self) -> list[str]:
@@ -89,16 +122,22 @@ class Claims:
 
     def try_claim(self, name: str) -> bool:
         """Claims variant ``name``; False if another live runner holds it."""
-        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.path(name)
         for _ in range(3):
             try:
+                self.dir.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
+                if not self.dir.is_dir():
+                    raise NstError(f"cannot claim variant {name}: {str(self.dir)!r} is not a "
+                                   "directory") from None  # fmt: skip
                 if not self.is_stale(path):
                     return False
                 self._bury(path)
                 continue
+            except OSError as e:
+                raise NstError(f"cannot claim variant {name} in {str(self.dir)!r}: "
+                               f"{e.strerror}") from None  # fmt: skip
             with os.fdopen(fd, "w") as f:
                 json.dump(self.me, f)
                 f.flush()

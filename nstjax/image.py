@@ -57,7 +57,7 @@ def max_pixels() -> int:
         value = float(text.replace("_", ""))
     except ValueError:
         value = 0.0
-    if not (value >= 1 and value == int(value)):
+    if not (1 <= value < 2**63 and value == int(value)):  # not inf, not 1e400
         raise UsageError(
             f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {text!r}"
         )
@@ -85,8 +85,8 @@ def _pil_limit(limit: int | None) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB; transparency is composited over white."""
+def _to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """Any PIL mode to 8-bit RGB; transparency is composited over ``background``."""
     if img.mode in _HIGH_DEPTH_MODES:
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 255.0
@@ -98,13 +98,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
+        under = Image.new("RGBA", rgba.size, (*background, 255))
+        img = Image.alpha_composite(under, rgba)
     return img.convert("RGB")
 
 
-def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Opens an image file as 8-bit RGB, EXIF orientation applied.
+def open_rgb(path: str | os.PathLike, background=(255, 255, 255)) -> Image.Image:
+    """Opens an image file as 8-bit RGB, EXIF orientation applied, transparent pixels
+    composited over ``background`` (white; a mask's is black: nothing painted there).
 
     Raises:
       UsageError: the file is missing, unreadable, or has more pixels than
@@ -123,7 +124,7 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
                 raise _too_large(path, width, height, limit)
             with _pil_limit(limit):  # some decoders check a frame's or tile's size
                 img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))
+            return _to_rgb(ImageOps.exif_transpose(img), background)
     except Image.DecompressionBombError as e:  # PIL's check on a part (a frame, a tile)
         raise UsageError(
             f"cannot read image {str(path)!r}: {e} (the limit is {limit:,} pixels; "

@@ -129,10 +129,13 @@ def run_from_flags(argv: Sequence[str]) -> int:
         overwrite=fl.overwrite,
         progress=fl.progress,
     )
+    others = summary["by_others"]
     print(
         f"{fl.workdir}: {summary['ran']} variants run, {summary['skipped']} already done, "
-        f"{summary['failed']} failed; {summary['groups']} groups, {summary['compiles']} "
-        f"compiles; {summary['seconds']:.1f} s",
+        f"{summary['failed']} failed"
+        + (f", {others} run by other live runners" if others else "")
+        + f"; {summary['groups']} groups, {summary['compiles']} compiles; "
+        f"{summary['seconds']:.1f} s",
         file=sys.stderr,
     )
     return 0

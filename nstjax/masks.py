@@ -2,7 +2,8 @@
 Style Transfer", Section 4 "Spatial control").
 
 A region of the output is a binary mask of the content image (a greyscale image file
-thresholded at 128, ``!PATH`` for its complement, resized with the content); each style
+thresholded at 128, transparent pixels outside, ``!PATH`` for its complement, resized
+with the content; a mask that selects no pixel is refused); each style
 image may carry its own mask of the region it contributes (else the whole image). For
 a layer, the mask is brought to the layer's resolution by following the network:
 
@@ -29,14 +30,15 @@ MODES = ("mean", "inside")
 
 
 def load(spec: str, hw: tuple[int, int]) -> np.ndarray:
-    """A mask file (``!`` prefix: complement) as float32 {0, 1} of size ``hw``."""
+    """A mask file (``!`` prefix: complement) as float32 {0, 1} of size ``hw``;
+    transparent pixels are outside (composited over black)."""
     invert = spec.startswith("!")
     path = spec[1:] if invert else spec
-    img = image.open_rgb(path).convert("L")
+    img = image.open_rgb(path, background=(0, 0, 0)).convert("L")
     if img.size != (hw[1], hw[0]):
         img = img.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
     mask = (np.asarray(img, np.float32) >= 128).astype(np.float32)
-    return 1.0 - mask if invert else mask
+    return _not_empty(1.0 - mask if invert else mask, f"mask {spec!r}")
 
 
 def from_array(mask, hw: tuple[int, int]) -> np.ndarray:
@@ -49,7 +51,18 @@ def from_array(mask, hw: tuple[int, int]) -> np.ndarray:
             (hw[1], hw[0]), Image.Resampling.BILINEAR
         )
         arr = np.asarray(pil, np.float32) / 255.0
-    return (arr > 0.5).astype(np.float32)
+    return _not_empty((arr > 0.5).astype(np.float32), "a mask array")
+
+
+def _not_empty(mask_HxW: np.ndarray, what: str) -> np.ndarray:
+    """A region without a pixel has no loss and no gradient (a style mask's: a zero Gram
+    target): refused rather than run."""
+    if not mask_HxW.any():
+        raise UsageError(
+            f"{what} selects no pixel at {mask_HxW.shape[1]}x{mask_HxW.shape[0]} (inside: "
+            "grey 128 or more, transparent pixels outside)"
+        )
+    return mask_HxW
 
 
 def _erode3(m: np.ndarray) -> np.ndarray:

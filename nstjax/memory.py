@@ -34,6 +34,7 @@ peak RSS, and a bound on the pixels XLA:CPU runs it at.
 from __future__ import annotations
 
 import os
+import re
 
 from nstjax import vgg_layers as vgg  # the layer table only: no JAX (nstjax.bare's command)
 from nstjax.errors import UsageError
@@ -182,10 +183,14 @@ def fit_arbitrary(hw: tuple[int, int], batch: int = 1, cpu: bool = True) -> dict
 def available_bytes() -> int | None:
     """``MemAvailable`` from /proc/meminfo (None where unknown); ``NSTJAX_MEMORY_LIMIT``
     (bytes, or with a G/M suffix) overrides it."""
-    limit = os.environ.get("NSTJAX_MEMORY_LIMIT")
+    limit = os.environ.get("NSTJAX_MEMORY_LIMIT", "").strip()
     if limit:
-        scale = {"G": 2**30, "M": 2**20}.get(limit[-1].upper(), 1)
-        return int(float(limit.rstrip("GgMm")) * scale)
+        match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?", limit, re.IGNORECASE)
+        if match is None or float(match[1]) <= 0:
+            raise UsageError(f"NSTJAX_MEMORY_LIMIT must be a positive size such as 8G, "
+                             f"512M or 8000000000 (bytes), got {limit!r}")  # fmt: skip
+        scale = 2 ** (10 * " KMGT".index(match[2].upper() or " "))
+        return int(float(match[1]) * scale)
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -20,7 +20,6 @@ rewritten); files are written atomically.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -64,13 +63,20 @@ def key(spec, params, content, styles: Sequence, blend, seed: int) -> str | None
 
 
 def _valid(d) -> dict[str, float]:
+    """The entries that are distances: positive finite numbers (a reference distance
+    divides the output's; the rest is scored again)."""
     if not isinstance(d, dict):
         return {}
-    return {
-        k: float(v)
-        for k, v in d.items()
-        if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    out = {}
+    for k, v in d.items():
+        if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            try:
+                x = float(v)
+            except OverflowError:  # an integer literal of 400 digits
+                continue
+            if math.isfinite(x) and x > 0:
+                out[k] = x
+    return out
 
 
 def load(k: str | None) -> dict[str, dict[str, float]]:
@@ -81,9 +87,7 @@ def load(k: str | None) -> dict[str, dict[str, float]]:
         return out
     path = directory() / f"{k}.json"
     try:
-        if path.stat().st_size > MAX_BYTES:
-            return out
-        data = json.loads(path.read_text())
+        data = atomic.read_json(path, max_bytes=MAX_BYTES)
     except (OSError, ValueError):
         return out
     if isinstance(data, dict):

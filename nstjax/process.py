@@ -52,8 +52,9 @@ def enable_compile_cache(environ=os.environ) -> str | None:
         return None
     import jax  # noqa: PLC0415
 
-    path = compile_cache_dir(environ)
-    path.mkdir(parents=True, exist_ok=True)
+    from nstjax.weights import cache  # noqa: PLC0415
+
+    path = cache.make_dir(compile_cache_dir(environ))
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

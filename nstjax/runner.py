@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,8 +13,9 @@ import numpy as np
 from nstjax import atomic, build, engine, image, inputs, monitor, sweep, writers
 from nstjax.arbitrary import batch as arbitrary_batch
 from nstjax.claims import STALE_AFTER, Claims
-from nstjax.errors import UsageError
+from nstjax.errors import NstError, UsageError
 from nstjax.objective import RECORD_KEYS as LOSS_KEYS
+from nstjax.settings import INITS
 from nstjax.weights import api as weights_api
 from nstjax.weights import cache
 
@@ -59,6 +60,23 @@ def _row(v: sweep.Variant, m: dict) -> dict:
         "group": m.get("group"),
         **{f"panel/{k}": v for k, v in ((m.get("panel") or {}).get("normalized") or {}).items()},
     }
+
+
+def _check_report_entry(row: dict, history: dict | None) -> None:
+    """Raises ValueError unless a report row and its loss history hold what the reports
+    read: numbers (or None) where they plot and tabulate numbers."""
+
+    def number(x) -> bool:
+        return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+    if not isinstance(row["status"], str):
+        raise ValueError("status is not a string")
+    bad = [k for k, x in row.items() if k.startswith(("final_", "panel/")) and not number(x)]
+    if bad or not number(row["seconds"]) or not number(row["steps"]):
+        raise ValueError(f"not a number: {', '.join(bad) or 'seconds or steps'}")
+    for k, values in (history or {}).items():
+        if not isinstance(values, list) or not all(number(x) for x in values):
+            raise ValueError(f"{k} is not a list of numbers")
 
 
 def run(
@@ -108,6 +126,13 @@ def run(
             claims.release(v.name)
             return False
         sweep.remove_temporaries(workdir, v)
+        where = sweep.variant_dir(workdir, v)
+        try:  # where its results go, before it runs
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            claims.release(v.name)
+            raise NstError(f"cannot write variant {v.name} into {str(where)!r}: "
+                           f"{e.strerror}") from None  # fmt: skip
         return True
 
     total = sum(v.settings.steps for v in todo if v.settings.method == "gatys")
@@ -205,7 +230,7 @@ def _initialize_distributed(environ=os.environ) -> None:
 def _pins(variants: list[sweep.Variant]) -> dict:
     """What else decides the results: each weights setting resolved to a source (or
     file) and its SHA-256, and every image's SHA-256 (a changed file is a different
-    sweep, whatever its path)."""
+    sweep, whatever its path): the content, the styles, the masks and an ``init`` file."""
     weights, images = {}, {}
     for v in variants:
         s = v.settings
@@ -213,9 +238,14 @@ def _pins(variants: list[sweep.Variant]) -> dict:
             key = f"{s.weights}|{s.weights_format or ''}"
             if key not in weights:
                 weights[key] = weights_api.pin(s.weights, s.weights_format)
-        for path in (v.content, *v.styles):
+        masks = [m.removeprefix("!") for m in (*s.masks, *s.style_masks) if m not in ("", "-")]
+        init = [s.init] if s.method == "gatys" and s.init not in INITS else []
+        for path in (v.content, *v.styles, *masks, *init):
             if path not in images:
-                images[path] = cache.sha256_file(Path(path))
+                try:
+                    images[path] = cache.sha256_file(Path(path))
+                except OSError as e:
+                    raise UsageError(f"cannot read {path!r}: {e.strerror}") from None
     return {"weights": weights, "images": images}
 
 
@@ -325,10 +355,18 @@ def _report(config, workdir: Path, variants: list[sweep.Variant]) -> None:
         path = sweep.variant_dir(workdir, v) / "metrics.json"
         if not path.is_file():
             continue
-        m = json.loads(path.read_text())
-        rows.append(_row(v, m))
-        if all(k in m for k in LOSS_KEYS):
-            histories[v.name] = {k: m[k] for k in LOSS_KEYS}
+        try:  # anyone's file (another runner's, a hand-edited one): checked, not trusted
+            m = atomic.read_json_object(path)
+            row = _row(v, m)
+            history = {k: m[k] for k in LOSS_KEYS} if all(k in m for k in LOSS_KEYS) else None
+            _check_report_entry(row, history)
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:
+            print(f"nstjax: {v.name} left out of the report: {str(path)!r}: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr)  # fmt: skip
+            continue
+        rows.append(row)
+        if history is not None:
+            histories[v.name] = history
         if (sweep.variant_dir(workdir, v) / "image.png").is_file():
             images[v.name] = sweep.variant_dir(workdir, v) / "image.png"
     panel_rows = {

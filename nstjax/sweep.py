@@ -162,10 +162,15 @@ def prepare_workdir(
     workdir.mkdir(parents=True, exist_ok=True)
     others = others or []
     existing = workdir / "sweep.json"
-    if existing.is_file():
+    if existing.exists() or existing.is_symlink():
         try:
-            old = json.loads(existing.read_text())
-        except ValueError:
+            old = atomic.read_json_object(existing)
+        except (OSError, ValueError) as e:
+            if not overwrite:  # not "a different sweep": --overwrite deletes the results
+                raise UsageError(
+                    f"{str(existing)!r} cannot be read ({getattr(e, 'strerror', None) or e}): "
+                    "restore it, or pass --overwrite to run the sweep again from nothing"
+                ) from None
             old = {}
         if old.get("sha256") != fp["sha256"]:
             if not overwrite:
@@ -193,8 +198,8 @@ def prepare_workdir(
 
 def _read_sha(path: Path) -> str | None:
     try:
-        return json.loads(path.read_text()).get("sha256")
-    except (OSError, ValueError, AttributeError):
+        return atomic.read_json_object(path).get("sha256")
+    except (OSError, ValueError):
         return None
 
 
@@ -222,8 +227,8 @@ def is_done(workdir: Path, v: Variant) -> bool:
     images as its config.json and as the sweep's), not merely exists."""
     d = variant_dir(workdir, v)
     try:
-        m = json.loads((d / "metrics.json").read_text())
-        c = json.loads((d / "config.json").read_text())
+        m = atomic.read_json(d / "metrics.json")
+        c = atomic.read_json(d / "config.json")
     except (OSError, ValueError):
         return False
     record = _jsonable(v.record())

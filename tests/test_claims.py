@@ -149,7 +149,7 @@ def test_live_claims_are_respected_dead_ones_taken_over(tmp_path):
     claims = Claims(tmp_path)
     path = claims.path("x")
     path.parent.mkdir(exist_ok=True)
-    live = {"host": claims.me["host"], "pid": os.getppid(), "started": 0}
+    live = {"host": claims.me["host"], "pid": os.getppid(), "started": time.time()}
     path.write_text(json.dumps(live))
     assert not claims.is_stale(path) and not claims.try_claim("x")
     assert claims.live_others()[0]["variant"] == "x"
@@ -169,8 +169,51 @@ def test_reap_removes_dead_runners_claims_only(tmp_path):
     claims.dir.mkdir()
     host = claims.me["host"]
     claims.path("dead").write_text(json.dumps({"host": host, "pid": 2**22 + 12345, "started": 0}))
-    claims.path("live").write_text(json.dumps({"host": host, "pid": os.getppid(), "started": 0}))
+    live = {"host": host, "pid": os.getppid(), "started": time.time()}
+    claims.path("live").write_text(json.dumps(live))
     assert claims.try_claim("mine")
     assert claims.reap() == ["dead"]
     assert sorted(p.stem for p in claims.dir.glob("*.json")) == ["live", "mine"]
     assert not list(claims.dir.glob(".*.stale")) and claims.reap() == []
+
+
+def _aged(path: Path, seconds: float = 60) -> None:
+    os.utime(path, (time.time() - seconds, time.time() - seconds))
+
+
+def test_claims_that_name_no_live_runner_are_taken_over(tmp_path):
+    """A claim whose pid is missing, not a positive int, this runner's own (a dead runner
+    whose pid came back to this one: PID 1 in a container) or a process started after
+    the claim was made (a reused pid) holds nothing; garbage, directories and FIFOs are
+    taken over once old, never read (a FIFO would block). A same-host claim with pid -1
+    or 0 used to count as alive (os.kill(-1, 0) succeeds): its variant never ran and
+    the sweep exited 0."""
+    claims = Claims(tmp_path)
+    claims.dir.mkdir()
+    host = claims.me["host"]
+    bad = {
+        "no_pid": {"host": host},
+        "pid_0": {"host": host, "pid": 0},
+        "pid_minus_1": {"host": host, "pid": -1},
+        "pid_text": {"host": host, "pid": "abc"},
+        "pid_null": {"host": host, "pid": None},
+        "pid_huge": {"host": host, "pid": 10**20},
+        "my_pid": {"host": host, "pid": os.getpid(), "started": 1.0},
+        "reused_pid": {"host": host, "pid": os.getppid(), "started": 1.0},
+        "a_list": [1, 2],
+    }
+    for name, holder in bad.items():
+        claims.path(name).write_text(json.dumps(holder))
+    claims.path("not_json").write_text("{")
+    claims.path("deep").write_text("[" * 100_000 + "]" * 100_000)
+    claims.path("a_dir").mkdir()
+    os.mkfifo(claims.path("a_fifo"))
+    for path in claims.dir.iterdir():
+        _aged(path)
+    live = {"host": host, "pid": os.getppid(), "started": time.time()}
+    claims.path("live").write_text(json.dumps(live))
+    expected = sorted([*bad, "not_json", "deep", "a_dir", "a_fifo"])
+    assert sorted(claims.reap()) == expected
+    assert [p.name for p in claims.dir.iterdir()] == ["live.json"]
+    assert [c["variant"] for c in claims.live_others()] == ["live"]
+    assert claims.try_claim("my_pid") and claims.try_claim("a_fifo")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,19 @@ def cache_dir() -> Path:
         return Path(os.environ[ENV_VAR]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "nstjax"
+
+
+def make_dir(d: Path) -> Path:
+    """Creates cache directory ``d``; one line naming the variables that place it when
+    it cannot be (a file in the way, no permission)."""
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NstError(
+            f"cannot create the cache directory {str(d)!r}: {e.strerror} (it comes from "
+            f"{ENV_VAR}, NSTJAX_COMPILE_CACHE or XDG_CACHE_HOME)"
+        ) from None
+    return d
 
 
 def compile_cache_dir(environ=os.environ) -> Path:
@@ -108,7 +120,7 @@ def unflatten(arrays) -> dict:
 def store(name: str, params: dict, record: dict, directory: Path | None = None) -> dict:
     """Writes params and their record atomically; returns the record with the hash."""
     npz, meta = paths(name, directory)
-    npz.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(npz.parent)
     atomic.write_with(npz, lambda f: npz_map.write(f, flatten(params)))
     record = dict(record, npz_sha256=sha256_file(npz), file=str(npz))
     atomic.write_json(meta, record)
@@ -120,8 +132,7 @@ def locked(name: str, directory: Path | None = None) -> Iterator[None]:
     """Holds the exclusive lock of entry ``name`` (``.<name>.lock`` in the cache;
     ``fcntl.flock``, released when the process dies; no lock where the platform lacks
     it)."""
-    d = directory or cache_dir()
-    d.mkdir(parents=True, exist_ok=True)
+    d = make_dir(directory or cache_dir())
     try:
         import fcntl  # noqa: PLC0415  (POSIX only)
     except ImportError:
@@ -168,9 +179,10 @@ def lookup(name: str, directory: Path | None = None) -> dict | None:
     if not (npz.is_file() and meta.is_file()):
         return None
     try:
-        return json.loads(meta.read_text())
+        record = atomic.read_json_object(meta, max_bytes=2**20)
     except (OSError, ValueError):
         return None
+    return record if isinstance(record.get("npz_sha256"), str) else None  # damaged: not cached
 
 
 def load(name: str, directory: Path | None = None) -> tuple[dict, dict]:
