@@ -63,8 +63,8 @@ def key(spec, params, content, styles: Sequence, blend, seed: int) -> str | None
 
 
 def _valid(d) -> dict[str, float]:
-    """The entries that are distances: positive finite numbers (a reference distance
-    divides the output's; the rest is scored again)."""
+    """The entries that are distances: finite numbers >= 0 (0: the photo's distance to
+    itself); the rest is scored again."""
     if not isinstance(d, dict):
         return {}
     out = {}
@@ -74,7 +74,7 @@ def _valid(d) -> dict[str, float]:
                 x = float(v)
             except OverflowError:  # an integer literal of 400 digits
                 continue
-            if math.isfinite(x) and x > 0:
+            if math.isfinite(x) and x >= 0:
                 out[k] = x
     return out
 

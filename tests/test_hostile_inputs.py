@@ -68,10 +68,10 @@ def test_records_and_references_that_are_not_what_they_claim_are_ignored(tmp_pat
         assert cache.lookup("w", tmp_path) is None
     (tmp_path / "w.json").write_text('{"npz_sha256": "ab"}')
     assert cache.lookup("w", tmp_path) == {"npz_sha256": "ab"}
-    # panel references divide the output's distances: positive finite numbers only
-    refs = {"gram": 2.0, "nan": float("nan"), "inf": float("inf"), "zero": 0.0, "neg": -1.0,
+    # panel references are distances: finite numbers >= 0 only
+    refs = {"gram": 2.0, "nan": float("nan"), "inf": float("inf"), "zero": 0, "neg": -1.0,
             "huge": 10**400, "flag": True, "text": "1"}  # fmt: skip
-    assert panel_refs._valid(refs) == {"gram": 2.0}
+    assert panel_refs._valid(refs) == {"gram": 2.0, "zero": 0.0}
 
 
 def test_masks_transparency_is_outside_and_an_empty_mask_is_refused(tmp_path):
