@@ -154,7 +154,7 @@ def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> Any:
     it is a regular file (a FIFO would block the read forever) of at most ``max_bytes``.
     Raises OSError (missing, unreadable) or ValueError (not a regular file, too large,
     not JSON, nested too deeply), each with the path."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without a writer
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO: no writer needed
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError(f"{str(path)!r} is not a regular file")

@@ -268,8 +268,10 @@ def build_job(
     program = program_for(settings, obj, content_img.shape[:2])  # refuses before any work
     from nstjax import memory  # noqa: PLC0415
 
-    estimate = memory.fit(settings, obj, content_img.shape[:2], content_rgb is not None,
-                          [s.shape[:2] for s in style_imgs])  # fmt: skip
+    scales = {1.0} | {obj.terms[i].style_scale for i in obj.role_terms("style")}  # terms'
+    refs = [(max(1, round(s.shape[0] * k)), max(1, round(s.shape[1] * k)))  # own scale too
+            for s in style_imgs for k in scales]  # fmt: skip
+    estimate = memory.fit(settings, obj, content_img.shape[:2], content_rgb is not None, refs)
     obj = dataclasses.replace(obj, remat=settings.remat == "on")
     program = dataclasses.replace(program, objective=obj)
     for s_img in style_imgs:

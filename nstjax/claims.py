@@ -37,27 +37,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _started(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch; Linux /proc), else None."""
+def _ticks(pid: int | str) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux /proc), else None:
+    a pid and these ticks name one process, whatever the wall clock does."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
-        with open("/proc/stat", "rb") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+            return int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _namespace() -> str | None:
+    """This boot and PID namespace (two containers may share a hostname and both be PID
+    1): same-host claims are judged by pid only within it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
         return None
 
 
 def _holder_alive(holder: dict, me: dict) -> bool:
     """Whether the process a same-host claim names still runs: a pid that is a positive
-    int, not this process's (its own claims are held in memory), alive, and not started
-    after the claim was made (a pid reused by a later process)."""
-    pid, started = holder.get("pid"), holder.get("started")
+    int, not this process's (its own claims are held in memory), alive, and the process
+    that made the claim (its start ticks; not a later process given the same pid)."""
+    pid, ticks = holder.get("pid"), holder.get("ticks")
     if type(pid) is not int or not 0 < pid < 2**22 or pid == me["pid"] or not _alive(pid):
         return False
-    began = _started(pid)
-    return not (isinstance(started, (int, float)) and began is not None and began > started + 2)
+    return not (isinstance(ticks, int) and _ticks(pid) not in (None, ticks))
 
 
 class Claims:
@@ -66,7 +74,8 @@ class Claims:
     def __init__(self, workdir: str | Path, stale_after: float = STALE_AFTER):
         self.dir = Path(workdir) / "claims"
         self.stale_after = stale_after
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                   "ticks": _ticks("self"), "ns": _namespace()}  # fmt: skip
         self.held: set[str] = set()
 
     def path(self, name: str) -> Path:
@@ -83,16 +92,16 @@ class Claims:
         claim is being written, or garbage, a directory, a FIFO)."""
         holder = self._read(path)
         try:
-            age = time.time() - path.stat().st_mtime
+            age = time.time() - path.lstat().st_mtime  # a dangling link: garbage, not gone
         except FileNotFoundError:
             return False  # released meanwhile
         if holder is None:
             return age > 5.0
         if holder == self.me:
             return False
-        if holder.get("host") == self.me["host"]:
+        if holder.get("host") == self.me["host"] and holder.get("ns") == self.me["ns"]:
             return not _holder_alive(holder, self.me)
-        return age > self.stale_after
+        return age > self.stale_after  # another host (or container): its heartbeat decides
 
     def _bury(self, path: Path) -> bool:
         """Renames a stale claim away and deletes it; False if another runner was first."""

@@ -7,6 +7,7 @@ stderr.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -57,20 +58,26 @@ def guarded(fn, prog: str = "nstjax") -> int:
 
 def _user_frame(e: BaseException) -> str | None:
     """``file.py:line (function)`` when the innermost frame of ``e``'s traceback that is
-    not an installed library's or Python's own is not nstjax's either: a registered loss
-    term or a config file raised it (through JAX, say). None when it is nstjax's."""
+    neither an installed library's nor Python's own is not nstjax's either: a registered
+    loss term or a config file raised it (through JAX, say). None when it is nstjax's
+    (recognised by its module name, wherever nstjax is installed)."""
+    import site  # noqa: PLC0415
     import sysconfig  # noqa: PLC0415
 
-    ours = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    theirs = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths = sysconfig.get_paths()
+    theirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    with contextlib.suppress(AttributeError):  # a virtualenv's old site module
+        theirs |= {*site.getsitepackages(), site.getusersitepackages()}
+    theirs = tuple(os.path.abspath(t) + os.sep for t in theirs)
     found = None
     tb = e.__traceback__
     while tb is not None:
-        code = tb.tb_frame.f_code
-        path = os.path.abspath(code.co_filename)
-        if not (code.co_filename.startswith("<")
-                or any(path.startswith(t + os.sep) for t in theirs)):  # fmt: skip
-            found = None if path.startswith(ours) else (
-                f"{os.path.basename(path)}:{tb.tb_lineno} ({code.co_name})")  # fmt: skip
+        frame = tb.tb_frame
+        module = str(frame.f_globals.get("__name__", ""))
+        path = os.path.abspath(frame.f_code.co_filename)
+        if module == "nstjax" or module.startswith("nstjax."):
+            found = None
+        elif not (frame.f_code.co_filename.startswith("<") or path.startswith(theirs)):
+            found = f"{os.path.basename(path)}:{tb.tb_lineno} ({frame.f_code.co_name})"
         tb = tb.tb_next
     return found

@@ -82,8 +82,8 @@ def _parse_argv(argv: Sequence[str]):
 
 def _config_error(argv: Sequence[str], e: Exception) -> str:
     """One line for an error raised while loading or overriding a config."""
-    if isinstance(e, (AttributeError, KeyError)):  # --config.x.y=... names no field
-        return _unknown_field(argv, e)
+    if isinstance(e, (AttributeError, KeyError)) and _unknown_field(argv, e):
+        return _unknown_field(argv, e)  # --config.x.y=... names no field
     where = ""
     tb = e.__traceback__
     while tb is not None:  # the innermost frame in the config file itself
@@ -96,16 +96,19 @@ def _config_error(argv: Sequence[str], e: Exception) -> str:
     return f"cannot load config: {type(e).__name__}: {e}{where}"
 
 
-def _unknown_field(argv: Sequence[str], e: Exception) -> str:
+def _unknown_field(argv: Sequence[str], e: Exception) -> str | None:
     """``--config.steps=3``: which override names no field, and, for a run setting given
-    at the top, where it is (``--config.settings.steps``)."""
+    at the top, where it is (``--config.settings.steps``); None when no override names
+    the missing key (the config file's own error)."""
     from nstjax import settings  # noqa: PLC0415
 
     while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError("'x'"))
         e = e.args[0]
     key = str(e.args[0]).strip("'\"") if e.args else ""
     given = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    bad = [g for g in given if g.rsplit(".", 1)[-1] == key] or given
+    bad = [g for g in given if g.rsplit(".", 1)[-1] == key]
+    if not bad:
+        return None
     message = f"unknown config field: {', '.join(bad)}"
     names = {f.name for f in settings.fields()}
     moved = [f"--config.settings.{b.rsplit('.', 1)[-1]}" for b in bad

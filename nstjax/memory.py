@@ -163,7 +163,9 @@ def fit_arbitrary(hw: tuple[int, int], batch: int = 1, cpu: bool = True) -> dict
     """The fast network's estimate for ``batch`` images of ``hw``; a UsageError when it
     exceeds :func:`available_bytes` or, on CPU, :data:`ARBITRARY_CPU_MAX_PIXELS`."""
     px = hw[0] * hw[1]
-    if cpu and px > ARBITRARY_CPU_MAX_PIXELS:
+    if not cpu:  # its figures are the host's (RSS, MemAvailable): a device has its own
+        return {"total": None, "available": None}
+    if px > ARBITRARY_CPU_MAX_PIXELS:
         raise UsageError(
             f"the fast network runs on CPU at up to {ARBITRARY_CPU_MAX_PIXELS:,} pixels, and "
             f"a {hw[1]}x{hw[0]} image has {px:,}; use a smaller --size"
@@ -185,12 +187,14 @@ def available_bytes() -> int | None:
     (bytes, or with a G/M suffix) overrides it."""
     limit = os.environ.get("NSTJAX_MEMORY_LIMIT", "").strip()
     if limit:
-        match = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?", limit, re.IGNORECASE)
-        if match is None or float(match[1]) <= 0:
+        match = re.fullmatch(r"(\d+(?:\.\d*)?(?:e\d+)?)\s*(?:([KMGT])(?:i?B)?|B)?", limit,
+                             re.IGNORECASE)  # fmt: skip
+        scale = 2 ** (10 * " KMGT".index((match[2] or " ").upper())) if match else 0
+        value = int(float(match[1]) * scale) if match else 0
+        if not 1 <= value < 2**63:
             raise UsageError(f"NSTJAX_MEMORY_LIMIT must be a positive size such as 8G, "
                              f"512M or 8000000000 (bytes), got {limit!r}")  # fmt: skip
-        scale = 2 ** (10 * " KMGT".index(match[2].upper() or " "))
-        return int(float(match[1]) * scale)
+        return value
     try:
         with open("/proc/meminfo") as f:
             for line in f:

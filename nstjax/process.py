@@ -70,6 +70,7 @@ def _readable(data: bytes) -> bool:
     """True if some decompressor JAX may have written ``data`` with reads all of it
     (JAX compresses entries with zstd where a zstd module is installed, else zlib)."""
     decompressors = [zlib.decompress]
+    zstd_frame = data[:4] == b"\x28\xb5\x2f\xfd"
     for name in ("compression.zstd", "zstandard"):
         try:
             module = importlib.import_module(name)
@@ -79,6 +80,8 @@ def _readable(data: bytes) -> bool:
             decompressors.append(module.ZstdDecompressor().decompress)
         else:
             decompressors.append(module.decompress)
+    if zstd_frame and len(decompressors) == 1:  # another Python's entry: not ours to judge
+        return True
     for decompress in decompressors:
         try:
             decompress(data)

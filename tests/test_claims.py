@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from nstjax.claims import Claims
@@ -117,7 +118,7 @@ def test_killed_runner_claim_is_taken_over_and_changed_image_refused(
     finished = sorted(workdir.glob("variants/*/metrics.json"))
     done = len(finished)
     # killed between a variant's results and its claim's release: the resume reaps it
-    dead = {"host": claims.me["host"], "pid": 2**22 + 12345, "started": 0}
+    dead = {"host": claims.me["host"], "ns": claims.me["ns"], "pid": 2**22 + 12345}
     claims.path(finished[0].parent.name).write_text(json.dumps(dead))
     ok = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
@@ -145,15 +146,27 @@ def test_overwrite_refused_while_another_runner_holds_claims(
     assert proc.returncode == 0, proc.stderr
 
 
-def test_live_claims_are_respected_dead_ones_taken_over(tmp_path):
+@pytest.fixture
+def live_pid():
+    """Another live process of this host (not pytest's parent: PID 0 or 1 in a container)."""
+    proc = subprocess.Popen(["sleep", "600"])  # noqa: S607
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def _same_host(claims: Claims, pid, **extra) -> dict:
+    return {"host": claims.me["host"], "ns": claims.me["ns"], "pid": pid, **extra}
+
+
+def test_live_claims_are_respected_dead_ones_taken_over(tmp_path, live_pid):
     claims = Claims(tmp_path)
     path = claims.path("x")
     path.parent.mkdir(exist_ok=True)
-    live = {"host": claims.me["host"], "pid": os.getppid(), "started": time.time()}
-    path.write_text(json.dumps(live))
+    path.write_text(json.dumps(_same_host(claims, live_pid, started=time.time())))
     assert not claims.is_stale(path) and not claims.try_claim("x")
     assert claims.live_others()[0]["variant"] == "x"
-    dead = {"host": claims.me["host"], "pid": 2**22 + 12345, "started": 0}
+    dead = _same_host(claims, 2**22 + 12345)
     path.write_text(json.dumps(dead))
     assert claims.is_stale(path)
     assert claims.try_claim("x") and json.loads(path.read_text()) == claims.me
@@ -164,13 +177,11 @@ def test_live_claims_are_respected_dead_ones_taken_over(tmp_path):
     assert Claims(tmp_path, stale_after=60).try_claim("y")  # no heartbeat for 2 minutes
 
 
-def test_reap_removes_dead_runners_claims_only(tmp_path):
+def test_reap_removes_dead_runners_claims_only(tmp_path, live_pid):
     claims = Claims(tmp_path)
     claims.dir.mkdir()
-    host = claims.me["host"]
-    claims.path("dead").write_text(json.dumps({"host": host, "pid": 2**22 + 12345, "started": 0}))
-    live = {"host": host, "pid": os.getppid(), "started": time.time()}
-    claims.path("live").write_text(json.dumps(live))
+    claims.path("dead").write_text(json.dumps(_same_host(claims, 2**22 + 12345)))
+    claims.path("live").write_text(json.dumps(_same_host(claims, live_pid)))
     assert claims.try_claim("mine")
     assert claims.reap() == ["dead"]
     assert sorted(p.stem for p in claims.dir.glob("*.json")) == ["live", "mine"]
@@ -181,7 +192,7 @@ def _aged(path: Path, seconds: float = 60) -> None:
     os.utime(path, (time.time() - seconds, time.time() - seconds))
 
 
-def test_claims_that_name_no_live_runner_are_taken_over(tmp_path):
+def test_claims_that_name_no_live_runner_are_taken_over(tmp_path, live_pid):
     """A claim whose pid is missing, not a positive int, this runner's own (a dead runner
     whose pid came back to this one: PID 1 in a container) or a process started after
     the claim was made (a reused pid) holds nothing; garbage, directories and FIFOs are
@@ -190,16 +201,15 @@ def test_claims_that_name_no_live_runner_are_taken_over(tmp_path):
     the sweep exited 0."""
     claims = Claims(tmp_path)
     claims.dir.mkdir()
-    host = claims.me["host"]
     bad = {
-        "no_pid": {"host": host},
-        "pid_0": {"host": host, "pid": 0},
-        "pid_minus_1": {"host": host, "pid": -1},
-        "pid_text": {"host": host, "pid": "abc"},
-        "pid_null": {"host": host, "pid": None},
-        "pid_huge": {"host": host, "pid": 10**20},
-        "my_pid": {"host": host, "pid": os.getpid(), "started": 1.0},
-        "reused_pid": {"host": host, "pid": os.getppid(), "started": 1.0},
+        "no_pid": {"host": claims.me["host"], "ns": claims.me["ns"]},
+        "pid_0": _same_host(claims, 0),
+        "pid_minus_1": _same_host(claims, -1),
+        "pid_text": _same_host(claims, "abc"),
+        "pid_null": _same_host(claims, None),
+        "pid_huge": _same_host(claims, 10**20),
+        "my_pid": _same_host(claims, os.getpid(), started=1.0),
+        "reused_pid": _same_host(claims, live_pid, ticks=1),  # another process's start
         "a_list": [1, 2],
     }
     for name, holder in bad.items():
@@ -210,10 +220,13 @@ def test_claims_that_name_no_live_runner_are_taken_over(tmp_path):
     os.mkfifo(claims.path("a_fifo"))
     for path in claims.dir.iterdir():
         _aged(path)
-    live = {"host": host, "pid": os.getppid(), "started": time.time()}
-    claims.path("live").write_text(json.dumps(live))
-    expected = sorted([*bad, "not_json", "deep", "a_dir", "a_fifo"])
+    claims.path("live").write_text(json.dumps(_same_host(claims, live_pid)))
+    claims.path("other_container").write_text(json.dumps({**claims.me, "ns": "other:1"}))
+    _aged(claims.path("other_container"))  # its heartbeat decides, not this host's pids
+    claims.path("a_link").symlink_to(tmp_path / "nowhere")  # garbage: taken over once old
+    os.utime(claims.path("a_link"), (time.time() - 60,) * 2, follow_symlinks=False)
+    expected = sorted([*bad, "not_json", "deep", "a_dir", "a_fifo", "a_link"])
     assert sorted(claims.reap()) == expected
-    assert [p.name for p in claims.dir.iterdir()] == ["live.json"]
-    assert [c["variant"] for c in claims.live_others()] == ["live"]
+    assert sorted(p.name for p in claims.dir.iterdir()) == ["live.json", "other_container.json"]
+    assert [c["variant"] for c in claims.live_others()] == ["live", "other_container"]
     assert claims.try_claim("my_pid") and claims.try_claim("a_fifo")

@@ -20,6 +20,10 @@ CASES = {
         "def get_config(arg=None):\n    raise RuntimeError('boom')\n",
         "cannot load config: RuntimeError: boom (raises.py:2)",
     ),
+    "keyerror": (  # a config's own KeyError, not an unknown override
+        "def get_config(arg=None):\n    return {}['steps']\n",
+        "cannot load config: KeyError: 'steps' (keyerror.py:2)",
+    ),
     "typed": (
         BASE + "def sweep(add):\n    add(size='big')\n",
         "sweep variant 0: size must be int, got 'big'",

@@ -145,7 +145,6 @@ def test_a_workdir_edited_by_hand_and_shared_with_a_live_runner(images, tmp_path
     one after every variant had run), the summary names the variants left to another
     live runner, and an --init file is pinned like the content and styles."""
     import shutil  # noqa: PLC0415
-    import time  # noqa: PLC0415
 
     from nstjax.claims import Claims  # noqa: PLC0415
 
@@ -159,10 +158,15 @@ def test_a_workdir_edited_by_hand_and_shared_with_a_live_runner(images, tmp_path
     m = atomic.read_json(edited)
     atomic.write_json(edited, {**m, "final": 3})  # still its variant's: "done"
     (work / "variants" / "002" / "metrics.json").unlink()
-    live = {"host": Claims(work).me["host"], "pid": os.getppid(), "started": time.time()}
-    atomic.write_json(work / "claims" / "002.json", live)
-    capsys.readouterr()
-    assert cli.main(argv) == 0
+    holder = subprocess.Popen(["sleep", "600"])  # noqa: S607  (another runner, alive)
+    try:
+        atomic.write_json(work / "claims" / "002.json", {**Claims(work).me, "pid": holder.pid,
+                                                         "ticks": None})  # fmt: skip
+        capsys.readouterr()
+        assert cli.main(argv) == 0
+    finally:
+        holder.kill()
+        holder.wait()
     err = capsys.readouterr().err
     assert "nstjax: 001 left out of the report: " in err and "AttributeError" in err
     assert "0 variants run, 2 already done, 0 failed, 1 run by other live runners;" in err
@@ -170,3 +174,11 @@ def test_a_workdir_edited_by_hand_and_shared_with_a_live_runner(images, tmp_path
     shutil.copy(images / "starry_night.jpg", init)
     assert cli.main(argv) == 2
     assert f"pins.images.{init} changed from" in capsys.readouterr().err
+
+
+def test_the_fast_network_runs_no_group_when_other_runners_hold_it():
+    """A sweep's runner whose fast-network group is all claimed by others passes no job:
+    nothing runs (it raised IndexError once the memory check read the first job)."""
+    from nstjax.arbitrary import batch  # noqa: PLC0415
+
+    assert list(batch.run_group([], 4)) == []

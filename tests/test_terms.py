@@ -323,8 +323,16 @@ def test_the_same_definition_registered_again_is_kept_and_another_refused():
         b = nstjax.register_term("twice_b", role="style", targets=_meanstd_targets,
                                  loss=again["loss"], options={"p": 2.0})  # fmt: skip
         assert a is b and terms.get("twice_b").loss is exec_again["loss"]
-        edited = {}
+        edited, scaled = {}, {"SCALE": 2.0}
         exec(compile(src.replace("sum", "mean"), "mod.py", "exec"), edited)  # noqa: S102
+        exec(compile(src.replace("return", "return SCALE *"), "mod.py", "exec"), scaled)  # noqa: S102
+        scaled_again = {"SCALE": 3.0}  # the same code reading another global value
+        exec(compile(src.replace("return", "return SCALE *"), "mod.py", "exec"), scaled_again)  # noqa: S102
+        nstjax.register_term("twice_c", role="style", targets=_meanstd_targets,
+                             loss=scaled["loss"], options={"p": 2.0})  # fmt: skip
+        with pytest.raises(UsageError, match="already registered"):
+            nstjax.register_term("twice_c", role="style", targets=_meanstd_targets,
+                                 loss=scaled_again["loss"], options={"p": 2.0})  # fmt: skip
         for kw in ({"loss": edited["loss"]}, {"options": {"p": 3.0}}):
             with pytest.raises(UsageError, match="already registered"):
                 nstjax.register_term("twice_b", **{"role": "style", "targets": _meanstd_targets,
@@ -333,8 +341,8 @@ def test_the_same_definition_registered_again_is_kept_and_another_refused():
         assert nstjax.register_term("twice", role="style", targets=_meanstd_targets,
                                     loss=_meanstd_loss, options={"p": 2.0}) is first  # fmt: skip
     finally:
-        terms.KINDS.pop("twice", None)
-        terms.KINDS.pop("twice_b", None)
+        for name in ("twice", "twice_b", "twice_c"):
+            terms.KINDS.pop(name, None)
 
 
 def test_an_error_is_blamed_on_user_code_only_when_raised_there(capsys):

@@ -108,6 +108,8 @@ def run_group(
 ) -> Iterator[tuple[ArbitraryJob, np.ndarray, float]]:
     """Yields (job, pixel-space HxWx3 output, seconds of its batch) per job (a group:
     one content shape); refuses a batch that cannot fit before any work."""
+    if not jobs:  # every variant of the group held or done by other runners
+        return
     cpu = jax.default_backend() == "cpu"
     memory.fit_arbitrary(jobs[0].content_HxWx3.shape[:2], min(batch_size, len(jobs)), cpu)
     params = load_params() if params is None else jax.device_put(params)

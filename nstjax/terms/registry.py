@@ -49,9 +49,12 @@ Unknown kinds and options fail loudly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import inspect
 import math
 import threading
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -183,29 +186,67 @@ def register(
 def _same_definition(a: Kind, b: Kind) -> bool:
     """Whether two registrations are one definition executed twice: a config file that
     registers a kind is run by ml_collections and again for its ``sweep``, and a
-    notebook may import a module again. Functions match by their code (file, line,
-    bytecode, constants), defaults and closures; anything else by ``==``."""
+    notebook may run a module again. Functions match by their code (file, line,
+    bytecode, constants), defaults, closures and the globals they name (a changed
+    constant or helper is another definition); methods by their object; partials by
+    their parts; other callables only if they are the same object; the rest by ``==``.
+    Anything that cannot be compared counts as different (the registration is refused)."""
+    seen: dict = {}
     return all(
-        _same_function(x, y) if callable(x) else x == y
-        for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b), strict=True)
+        _same(getattr(a, f.name), getattr(b, f.name), seen) for f in dataclasses.fields(Kind)
     )
 
 
-def _same_function(f, g) -> bool:
-    if f is g:
+def _same(x, y, seen: dict) -> bool:
+    if x is y or (id(x), id(y)) in seen:  # the pair is being compared already (recursion)
         return True
-    cf, cg = getattr(f, "__code__", None), getattr(g, "__code__", None)
-    if cf is None or cg is None or cf != cg or cf.co_filename != cg.co_filename:
+    seen[id(x), id(y)] = (x, y)  # held: no id is reused while the comparison runs
+    if isinstance(x, functools.partial) and isinstance(y, functools.partial):
+        return (_same(x.func, y.func, seen) and _same(x.args, y.args, seen)
+                and _same(x.keywords, y.keywords, seen))  # fmt: skip
+    if inspect.ismethod(x) and inspect.ismethod(y):
+        return x.__self__ is y.__self__ and _same(x.__func__, y.__func__, seen)
+    if isinstance(x, types.FunctionType) and isinstance(y, types.FunctionType):
+        return _same_function(x, y, seen)
+    if callable(x) or callable(y) or isinstance(x, types.ModuleType):
+        return False  # classes, instances with __call__, modules: the same object only
+    if isinstance(x, (tuple, list)) and type(x) is type(y):
+        return len(x) == len(y) and all(_same(i, j, seen) for i, j in zip(x, y, strict=True))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_same(x[k], y[k], seen) for k in x)
+    try:
+        return type(x) is type(y) and bool(x == y)
+    except Exception:  # noqa: BLE001  (an array's ambiguous ==)
+        return False
+
+
+def _same_function(f, g, seen: dict) -> bool:
+    cf, cg = f.__code__, g.__code__
+    if cf != cg or cf.co_filename != cg.co_filename:
         return False
     try:
         cells = [tuple(c.cell_contents for c in h.__closure__ or ()) for h in (f, g)]
-        return bool(
-            f.__defaults__ == g.__defaults__
-            and f.__kwdefaults__ == g.__kwdefaults__
-            and cells[0] == cells[1]
-        )
-    except Exception:  # noqa: BLE001  (an empty cell, an array's ambiguous ==)
+    except ValueError:  # an empty cell
         return False
+    missing = object()
+    names = _global_names(cf)
+    return (
+        _same(f.__defaults__, g.__defaults__, seen)
+        and _same(f.__kwdefaults__, g.__kwdefaults__, seen)
+        and _same(cells[0], cells[1], seen)
+        and all(
+            _same(f.__globals__.get(n, missing), g.__globals__.get(n, missing), seen) for n in names
+        )  # fmt: skip
+    )
+
+
+def _global_names(code) -> set[str]:
+    """The names ``code`` and the code nested in it look up (globals and attributes)."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
 
 
 def get(name: str) -> Kind:
