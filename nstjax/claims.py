@@ -5,8 +5,8 @@ array, several machines on a shared filesystem): each claims variants with an at
 claim file ``claims/<variant>.json`` (created with ``O_CREAT | O_EXCL``; it names the
 holder's host, pid and start time), runs them, writes their results and removes the
 claim. A claim whose holder is gone is taken over: on the same host when its process
-no longer exists, on another host when the holder has not touched it (a heartbeat after
-every chunk) for ``stale_after`` seconds. Taking over renames the stale claim away
+no longer exists, on another host when the holder has not touched it (a heartbeat
+thread touches its claims every quarter of that time) for ``stale_after`` seconds. Taking over renames the stale claim away
 first, so of two runners racing for it exactly one wins. Temporary files in a variant's
 directory belong to its claim holder, and only the runner that takes a claim over (or
 makes a fresh claim) removes them.
@@ -14,10 +14,12 @@ makes a fresh claim) removes them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +79,8 @@ class Claims:
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
                    "ticks": _ticks("self"), "ns": _namespace()}  # fmt: skip
         self.held: set[str] = set()
+        self._stop = threading.Event()
+        self._beating: threading.Thread | None = None
 
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
@@ -152,6 +156,7 @@ class Claims:
                 f.flush()
                 os.fsync(f.fileno())
             self.held.add(name)
+            self._start_beating()
             return True
         return False
 
@@ -175,6 +180,23 @@ class Claims:
     def release_all(self) -> None:
         for name in list(self.held):
             self.release(name)
+        self._stop.set()
+
+    def _start_beating(self) -> None:
+        """Touches every held claim each quarter of ``stale_after`` from a thread, so that
+        a claim stays fresh while its runner compiles, scores the panel or writes (only
+        chunks of steps beat before: a cold compile longer than ``stale_after`` let
+        another host take a live runner's claim)."""
+        if self._beating is None:
+            self._beating = threading.Thread(target=self._beat, name="nstjax-claims",
+                                             daemon=True)  # fmt: skip
+            self._beating.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.stale_after / 4):
+            for name in list(self.held):
+                with contextlib.suppress(OSError):  # released meanwhile, or taken over
+                    os.utime(self.path(name))
 
     def live_others(self) -> list[dict]:
         """Claims held by other runners that are still alive."""

@@ -230,3 +230,22 @@ def test_claims_that_name_no_live_runner_are_taken_over(tmp_path, live_pid):
     assert sorted(p.name for p in claims.dir.iterdir()) == ["live.json", "other_container.json"]
     assert [c["variant"] for c in claims.live_others()] == ["live", "other_container"]
     assert claims.try_claim("my_pid") and claims.try_claim("a_fifo")
+
+
+def test_held_claims_stay_fresh_while_the_runner_does_anything(tmp_path):
+    """A runner compiling for longer than claim_timeout kept no heartbeat (only chunks of
+    steps beat): another host took its claim and the runner aborted its batch."""
+    claims = Claims(tmp_path, stale_after=2.0)  # beats every 0.5 s
+    assert claims.try_claim("a")
+    old = time.time() - 3600
+    _aged(claims.path("a"), 3600)
+    deadline = time.time() + 10
+    while claims.path("a").stat().st_mtime < old + 60 and time.time() < deadline:
+        time.sleep(0.05)  # the main thread does nothing: the thread beats
+    assert claims.path("a").stat().st_mtime > old + 60
+    elsewhere = Claims(tmp_path, stale_after=2.0)
+    elsewhere.me = {**elsewhere.me, "host": "elsewhere"}  # another host: mtimes decide
+    assert not elsewhere.try_claim("a")  # fresh: not taken over
+    claims.release_all()
+    claims._beating.join(timeout=5)
+    assert not claims._beating.is_alive() and not claims.path("a").exists()
