@@ -5,9 +5,10 @@ array, several machines on a shared filesystem): each claims variants with an at
 claim file ``claims/<variant>.json`` (created with ``O_CREAT | O_EXCL``; it names the
 holder's host, pid and start time), runs them, writes their results and removes the
 claim. A claim whose holder is gone is taken over: on the same host when its process
-no longer exists, on another host when the holder has not touched it (a heartbeat
-thread touches its claims every quarter of that time) for ``stale_after`` seconds. Taking over renames the stale claim away
-first, so of two runners racing for it exactly one wins. Temporary files in a variant's
+no longer exists, on another host when the holder has not touched it for
+``stale_after`` seconds (a heartbeat thread touches its claims every quarter of that
+time). Taking over renames the stale claim away first, so of two runners racing for it
+exactly one wins. Temporary files in a variant's
 directory belong to its claim holder, and only the runner that takes a claim over (or
 makes a fresh claim) removes them.
 """

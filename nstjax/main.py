@@ -82,8 +82,9 @@ def _parse_argv(argv: Sequence[str]):
 
 def _config_error(argv: Sequence[str], e: Exception) -> str:
     """One line for an error raised while loading or overriding a config."""
-    if isinstance(e, (AttributeError, KeyError)) and _unknown_field(argv, e):
-        return _unknown_field(argv, e)  # --config.x.y=... names no field
+    unknown = _unknown_field(argv, e) if isinstance(e, (AttributeError, KeyError)) else None
+    if unknown:  # --config.x.y=... names no field
+        return unknown
     where = ""
     tb = e.__traceback__
     while tb is not None:  # the innermost frame in the config file itself

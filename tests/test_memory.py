@@ -10,6 +10,13 @@ from nstjax import cli, memory
 from nstjax.errors import UsageError
 
 
+def _stylize(images, tmp_path, *extra) -> list[str]:
+    """``nstjax stylize`` of Tübingen in the style of The Starry Night, into tmp_path."""
+    return ["stylize", "--content", str(images / "tubingen.jpg"), "--style",
+            str(images / "starry_night.jpg"), "--output", str(tmp_path / "o.png"),
+            *extra]  # fmt: skip
+
+
 def test_estimate_scales_with_pixels_and_history():
     a = memory.estimate(512, 512, "relu5_1")
     b = memory.estimate(1024, 1024, "relu5_1")
@@ -30,9 +37,7 @@ def test_estimate_scales_with_pixels_and_history():
 def test_a_run_that_cannot_fit_is_refused_before_compiling(images, tmp_path, capsys,
                                                            monkeypatch):  # fmt: skip
     monkeypatch.setenv("NSTJAX_MEMORY_LIMIT", "2G")
-    argv = ["stylize", "--content", str(images / "tubingen.jpg"), "--style",
-            str(images / "starry_night.jpg"), "--output", str(tmp_path / "o.png"),
-            "--size", "1024", "--quiet"]  # fmt: skip
+    argv = _stylize(images, tmp_path, "--size", "1024", "--quiet")
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs an estimated" in err[0] and "2.0 GiB is available" in err[0]
@@ -67,9 +72,7 @@ def test_a_tiled_run_too_large_for_memory_is_refused_with_a_hint_that_fits(
     (std::bad_alloc) computing its targets on the whole images: now one line, and the
     shorter history's figure counts the tiles too."""
     monkeypatch.setenv("NSTJAX_MEMORY_LIMIT", "9G")
-    argv = ["stylize", "--content", str(images / "tubingen.jpg"), "--style",
-            str(images / "starry_night.jpg"), "--output", str(tmp_path / "o.png"),
-            "--size", "2048", "--tile", "512", "--quiet"]  # fmt: skip
+    argv = _stylize(images, tmp_path, "--size", "2048", "--tile", "512", "--quiet")
     assert cli.main(argv) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
     short = memory.estimate(1536, 2048, "relu5_1", 3, 10, True, True, tile_hw=(672, 672),
@@ -115,9 +118,7 @@ def test_a_style_image_much_larger_than_the_content_is_counted(images, tmp_path,
     """--style-scale 20 at 512 px made a 66-megapixel style image whose targets (31 GiB)
     aborted the process inside XLA; now the estimate counts them and names the scale."""
     monkeypatch.setenv("NSTJAX_MEMORY_LIMIT", "2G")
-    argv = ["stylize", "--content", str(images / "tubingen.jpg"), "--style",
-            str(images / "starry_night.jpg"), "--output", str(tmp_path / "o.png"),
-            "--size", "64", "--style-scale", "40", "--quiet"]  # fmt: skip
+    argv = _stylize(images, tmp_path, "--size", "64", "--style-scale", "40", "--quiet")
     assert cli.main(argv) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert "a 64x48 run needs an estimated" in err
